@@ -1,0 +1,426 @@
+//! The relay: pick candidate channels for a model, try them in order until one answers, and pass the
+//! answer through as it arrives. Phases of one request:
+//!   1. the family handler authenticates and reads what routing needs (model, stream) -> `Outbound`
+//!   2. `order_candidates`: priority, then weighted shuffle, channels in cool-down last
+//!   3. `attempt` per channel: send, wait for the head and the first body byte; fail over on
+//!      connect errors, timeouts, 429, 5xx, 401/403 — never after a byte reached the client
+//!   4. `PassThrough` streams the rest to the client and writes the request log when it ends,
+//!      whether it completed, the upstream cut it, or the client went away.
+//! Billing (reserve before step 3, capture/release in step 4) plugs in around `relay`.
+
+pub mod body;
+pub mod openai;
+mod passthrough;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use rand::Rng;
+
+use crate::catalog::{ApiKey, Channel, UpstreamKey, mask_secret};
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::store::logs::{Attempt, RequestLog};
+use crate::store::now_ms;
+
+pub use passthrough::SseStyle;
+
+/// What one client request asks of an upstream, independent of the channel.
+pub struct Outbound {
+    pub method: Method,
+    /// Path and query as sent to the upstream, e.g. `/v1/chat/completions`.
+    pub path_and_query: String,
+    pub model: String,
+    pub stream: bool,
+    pub content_type: Option<HeaderValue>,
+    pub accept: Option<HeaderValue>,
+    pub sse: SseStyle,
+    pub body: OutboundBody,
+}
+
+pub enum OutboundBody {
+    Empty,
+    Json(body::JsonBody),
+    Form(body::FormBody),
+}
+
+impl OutboundBody {
+    fn for_upstream(&self, upstream_model: &str) -> Bytes {
+        match self {
+            OutboundBody::Empty => Bytes::new(),
+            OutboundBody::Json(b) => b.for_upstream(upstream_model),
+            OutboundBody::Form(f) => f.for_upstream(upstream_model),
+        }
+    }
+}
+
+/// Who is calling and since when: everything the request log needs besides the attempts.
+#[derive(Clone)]
+pub struct CallContext {
+    pub id: String,
+    pub started: Instant,
+    pub created_at: i64,
+    pub key: Arc<ApiKey>,
+    pub method: String,
+    pub path: String,
+}
+
+impl CallContext {
+    pub fn new(key: Arc<ApiKey>, method: &Method, path: &str) -> CallContext {
+        CallContext {
+            id: format!("req_{}", uuid::Uuid::now_v7().simple()),
+            started: Instant::now(),
+            created_at: now_ms(),
+            key,
+            method: method.to_string(),
+            path: path.to_string(),
+        }
+    }
+
+    /// A log record for this call; the relay fills in the outcome.
+    pub fn log(
+        &self,
+        model: Option<&str>,
+        status: StatusCode,
+        outcome: &str,
+        error: Option<String>,
+    ) -> RequestLog {
+        RequestLog {
+            id: self.id.clone(),
+            created_at: self.created_at,
+            user_id: Some(self.key.user_id),
+            key_id: Some(self.key.id),
+            method: self.method.clone(),
+            path: self.path.clone(),
+            model: model.map(str::to_string),
+            upstream_model: None,
+            channel_id: None,
+            status: status.as_u16(),
+            stream: false,
+            outcome: outcome.to_string(),
+            attempts: Vec::new(),
+            latency_ms: elapsed_ms(self.started),
+            ttfb_ms: None,
+            error,
+        }
+    }
+
+    /// Answers a request refused before any upstream call, and logs it.
+    pub fn reject(&self, state: &AppState, model: Option<&str>, error: ApiError) -> Response {
+        state
+            .logs
+            .record(self.log(model, error.status, "rejected", Some(error.message.clone())));
+        with_request_id(error.into_response(), &self.id)
+    }
+}
+
+fn elapsed_ms(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+pub fn with_request_id(mut response: Response, id: &str) -> Response {
+    if let Ok(value) = HeaderValue::from_str(id) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static("x-uniapi-request-id"), value);
+    }
+    response
+}
+
+/// Candidates in the order they will be tried: highest priority first; within a priority, a weighted
+/// random order; channels cooling down go last, so they are tried only when nothing else answers.
+pub fn order_candidates(channels: &[Arc<Channel>], now_ms: i64) -> Vec<Arc<Channel>> {
+    let mut rng = rand::rng();
+    let (healthy, cooling): (Vec<_>, Vec<_>) = channels
+        .iter()
+        .cloned()
+        .partition(|c| !c.health.is_cooling(now_ms));
+    let mut ordered = Vec::with_capacity(channels.len());
+    for mut group in [healthy, cooling] {
+        group.sort_by(|a, b| b.priority.cmp(&a.priority));
+        let mut start = 0;
+        while start < group.len() {
+            let priority = group[start].priority;
+            let end = group[start..]
+                .iter()
+                .position(|c| c.priority != priority)
+                .map_or(group.len(), |n| start + n);
+            let mut tier: Vec<Arc<Channel>> = group[start..end].to_vec();
+            while !tier.is_empty() {
+                let total: i64 = tier.iter().map(|c| c.weight).sum();
+                let mut pick = rng.random_range(0..total.max(1));
+                let index = tier
+                    .iter()
+                    .position(|c| {
+                        pick -= c.weight;
+                        pick < 0
+                    })
+                    .unwrap_or(0);
+                ordered.push(tier.swap_remove(index));
+            }
+            start = end;
+        }
+    }
+    ordered
+}
+
+/// Why an attempt did not produce an answer for the client.
+struct Failure {
+    status: Option<StatusCode>,
+    reason: String,
+    retry_after: Option<u64>,
+}
+
+/// An upstream answer the client will get: head received and first body bytes in hand.
+struct Answer {
+    response: reqwest::Response,
+    first: Option<Bytes>,
+}
+
+/// Statuses after which another channel is tried: the request may succeed elsewhere.
+fn fails_over(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::UNAUTHORIZED
+        || status == StatusCode::FORBIDDEN
+        || status.is_server_error()
+}
+
+const ERROR_EXCERPT: usize = 300;
+
+async fn attempt(
+    state: &AppState,
+    out: &Outbound,
+    channel: &Channel,
+    key: &UpstreamKey,
+    upstream_model: &str,
+) -> Result<Answer, Failure> {
+    let url = format!("{}{}", channel.base_url, out.path_and_query);
+    let mut request = state
+        .upstream
+        .client
+        .request(out.method.clone(), url)
+        .header(header::AUTHORIZATION, format!("Bearer {}", key.secret));
+    if let Some(ct) = &out.content_type {
+        request = request.header(header::CONTENT_TYPE, ct.clone());
+    }
+    if let Some(accept) = &out.accept {
+        request = request.header(header::ACCEPT, accept.clone());
+    }
+    if !matches!(out.body, OutboundBody::Empty) {
+        request = request.body(out.body.for_upstream(upstream_model));
+    }
+    let deadline = tokio::time::Instant::now() + state.upstream.first_byte_timeout;
+    let transport = |e: reqwest::Error| Failure {
+        status: None,
+        reason: describe_transport(&e),
+        retry_after: None,
+    };
+    let timed_out = || Failure {
+        status: None,
+        reason: "timed out waiting for the first byte".into(),
+        retry_after: None,
+    };
+    let mut response = tokio::time::timeout_at(deadline, request.send())
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(transport)?;
+    let status = response.status();
+    if fails_over(status) {
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let excerpt = tokio::time::timeout(std::time::Duration::from_secs(2), response.chunk())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten()
+            .map(|b| String::from_utf8_lossy(&b[..b.len().min(ERROR_EXCERPT)]).into_owned())
+            .unwrap_or_default();
+        return Err(Failure {
+            status: Some(status),
+            reason: format!("upstream answered {status}: {excerpt}"),
+            retry_after,
+        });
+    }
+    let first = tokio::time::timeout_at(deadline, response.chunk())
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(transport)?;
+    Ok(Answer { response, first })
+}
+
+fn describe_transport(e: &reqwest::Error) -> String {
+    if e.is_connect() {
+        "connection to the upstream failed".into()
+    } else if e.is_timeout() {
+        "the upstream timed out".into()
+    } else if e.is_body() || e.is_decode() {
+        "the upstream broke the response before its first byte".into()
+    } else {
+        "the upstream request failed".into()
+    }
+}
+
+/// Tries the candidates for `out.model` and answers with the first usable upstream response.
+pub async fn relay(state: &AppState, ctx: CallContext, out: Outbound) -> Response {
+    let catalog = state.catalog.load();
+    let candidates = order_candidates(catalog.channels_for(&out.model), now_ms());
+    drop(catalog);
+    if candidates.is_empty() {
+        return ctx.reject(
+            state,
+            Some(&out.model),
+            ApiError::model_not_found(&out.model),
+        );
+    }
+    let routing = &state.config.routing;
+    let mut attempts: Vec<Attempt> = Vec::new();
+    let mut all_rate_limited = true;
+    let mut retry_after: Option<u64> = None;
+    for channel in candidates.iter().take(routing.max_attempts) {
+        let Some(key) = channel.pick_key() else {
+            all_rate_limited = false;
+            attempts.push(Attempt {
+                channel_id: channel.id,
+                channel: channel.name.clone(),
+                key_hint: String::new(),
+                status: None,
+                error: Some("no enabled upstream key".into()),
+                elapsed_ms: 0,
+            });
+            continue;
+        };
+        let upstream_model = channel.upstream_model(&out.model).to_string();
+        let started = Instant::now();
+        let result = attempt(state, &out, channel, key, &upstream_model).await;
+        let elapsed = elapsed_ms(started);
+        match result {
+            Ok(answer) => {
+                channel.health.record_success();
+                attempts.push(Attempt {
+                    channel_id: channel.id,
+                    channel: channel.name.clone(),
+                    key_hint: key.hint(),
+                    status: Some(answer.response.status().as_u16()),
+                    error: None,
+                    elapsed_ms: elapsed,
+                });
+                let mut log = ctx.log(Some(&out.model), answer.response.status(), "complete", None);
+                log.upstream_model = Some(upstream_model);
+                log.channel_id = Some(channel.id);
+                log.stream = out.stream;
+                log.attempts = attempts;
+                log.ttfb_ms = Some(elapsed_ms(ctx.started));
+                let response = passthrough::respond(
+                    state.logs.clone(),
+                    ctx.started,
+                    log,
+                    answer.response,
+                    answer.first,
+                    out.sse,
+                );
+                return with_request_id(response, &ctx.id);
+            }
+            Err(failure) => {
+                if failure.status != Some(StatusCode::TOO_MANY_REQUESTS) {
+                    all_rate_limited = false;
+                } else if let Some(seconds) = failure.retry_after {
+                    retry_after = Some(retry_after.map_or(seconds, |r| r.min(seconds)));
+                }
+                if failure.status == Some(StatusCode::UNAUTHORIZED) {
+                    disable_key(state, channel, key);
+                }
+                if let Some(cooldown) = channel.health.record_failure(routing, now_ms()) {
+                    tracing::warn!(channel = %channel.name, cooldown_ms = cooldown, reason = %failure.reason,
+                        "channel keeps failing; taken out of rotation for a cool-down");
+                }
+                tracing::info!(request = %ctx.id, channel = %channel.name, reason = %failure.reason, "upstream attempt failed");
+                attempts.push(Attempt {
+                    channel_id: channel.id,
+                    channel: channel.name.clone(),
+                    key_hint: key.hint(),
+                    status: failure.status.map(|s| s.as_u16()),
+                    error: Some(failure.reason),
+                    elapsed_ms: elapsed,
+                });
+            }
+        }
+    }
+    let error = if all_rate_limited {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            Some("rate_limit_exceeded"),
+            "Every upstream provider for this model is rate-limited right now. Please retry later.",
+        )
+        .with_retry_after(retry_after.or(Some(1)))
+    } else {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            Some("upstream_unavailable"),
+            format!(
+                "No upstream provider could answer this request ({} attempts). Nothing was charged.",
+                attempts.len()
+            ),
+        )
+    };
+    let mut log = ctx.log(
+        Some(&out.model),
+        error.status,
+        "failed",
+        Some(error.message.clone()),
+    );
+    log.stream = out.stream;
+    log.attempts = attempts;
+    state.logs.record(log);
+    with_request_id(error.into_response(), &ctx.id)
+}
+
+/// An upstream 401 means the key is bad: stop using it now, persist that, and tell the operator.
+fn disable_key(state: &AppState, channel: &Channel, key: &UpstreamKey) {
+    if !key
+        .enabled
+        .swap(false, std::sync::atomic::Ordering::Relaxed)
+    {
+        return;
+    }
+    tracing::error!(channel = %channel.name, key = %mask_secret(&key.secret),
+        "upstream rejected the channel key (401); the key is disabled until an operator fixes it");
+    let state = state.clone();
+    let key_id = key.id;
+    tokio::spawn(async move {
+        let reason = format!("upstream answered 401 at {}", now_ms());
+        if let Err(e) = state.store.disable_channel_key(key_id, &reason).await {
+            tracing::error!(error = %e, "could not persist a disabled upstream key");
+        }
+        if let Err(e) = state.reload().await {
+            tracing::error!(error = %e, "reloading the catalog failed");
+        }
+    });
+}
+
+/// Copies the response headers a client may need; hop-by-hop headers and the channel's own rate-limit
+/// headers (they describe the operator's account, not the caller's) stay behind.
+pub(crate) fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    const PASS: &[&str] = &[
+        "content-type",
+        "content-length",
+        "content-encoding",
+        "content-disposition",
+        "cache-control",
+        "x-request-id",
+        "openai-processing-ms",
+        "openai-version",
+    ];
+    for name in PASS {
+        if let Some(value) = from.get(*name) {
+            to.insert(HeaderName::from_static(name), value.clone());
+        }
+    }
+}

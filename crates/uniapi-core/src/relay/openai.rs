@@ -1,0 +1,402 @@
+//! The OpenAI family of relay routes: JSON endpoints, multipart uploads and the model list.
+//! Each route states what it requires of the body; everything else is passed through untouched.
+
+use axum::Router;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+
+use super::body::{FormBody, JsonBody, read_limited, require_json, require_multipart};
+use super::{CallContext, Outbound, OutboundBody, SseStyle, relay};
+use crate::auth;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+struct JsonRoute {
+    path: &'static str,
+    required: &'static [&'static str],
+    default_model: Option<&'static str>,
+    sse: SseStyle,
+}
+
+const CHAT: JsonRoute = JsonRoute {
+    path: "/v1/chat/completions",
+    required: &["messages"],
+    default_model: None,
+    sse: SseStyle::DataOnly,
+};
+const COMPLETIONS: JsonRoute = JsonRoute {
+    path: "/v1/completions",
+    required: &["prompt"],
+    default_model: None,
+    sse: SseStyle::DataOnly,
+};
+const EMBEDDINGS: JsonRoute = JsonRoute {
+    path: "/v1/embeddings",
+    required: &["input"],
+    default_model: None,
+    sse: SseStyle::None,
+};
+const MODERATIONS: JsonRoute = JsonRoute {
+    path: "/v1/moderations",
+    required: &["input"],
+    default_model: Some("omni-moderation-latest"),
+    sse: SseStyle::None,
+};
+const IMAGE_GENERATIONS: JsonRoute = JsonRoute {
+    path: "/v1/images/generations",
+    required: &["prompt"],
+    default_model: Some("dall-e-2"),
+    sse: SseStyle::DataOnly,
+};
+const SPEECH: JsonRoute = JsonRoute {
+    path: "/v1/audio/speech",
+    required: &["input", "voice"],
+    default_model: None,
+    sse: SseStyle::None,
+};
+const RESPONSES: JsonRoute = JsonRoute {
+    path: "/v1/responses",
+    required: &[],
+    default_model: None,
+    sse: SseStyle::Typed,
+};
+
+/// Largest audio file OpenAI accepts for transcription and translation.
+const AUDIO_FILE_LIMIT: usize = 25 * 1024 * 1024;
+/// dall-e-2 variation input: a square PNG under 4 MB.
+const VARIATION_IMAGE_LIMIT: usize = 4 * 1024 * 1024;
+const VARIATION_SIZES: &[&str] = &["256x256", "512x512", "1024x1024"];
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/v1/chat/completions",
+            post(|s: State<AppState>, r: Request| json_route(s, r, &CHAT)),
+        )
+        .route(
+            "/v1/completions",
+            post(|s: State<AppState>, r: Request| json_route(s, r, &COMPLETIONS)),
+        )
+        .route(
+            "/v1/embeddings",
+            post(|s: State<AppState>, r: Request| json_route(s, r, &EMBEDDINGS)),
+        )
+        .route(
+            "/v1/moderations",
+            post(|s: State<AppState>, r: Request| json_route(s, r, &MODERATIONS)),
+        )
+        .route(
+            "/v1/images/generations",
+            post(|s: State<AppState>, r: Request| json_route(s, r, &IMAGE_GENERATIONS)),
+        )
+        .route(
+            "/v1/audio/speech",
+            post(|s: State<AppState>, r: Request| json_route(s, r, &SPEECH)),
+        )
+        .route(
+            "/v1/responses",
+            post(|s: State<AppState>, r: Request| json_route(s, r, &RESPONSES)),
+        )
+        .route(
+            "/v1/images/edits",
+            post(|s: State<AppState>, r: Request| form_route(s, r, FormKind::ImageEdit)),
+        )
+        .route(
+            "/v1/images/variations",
+            post(|s: State<AppState>, r: Request| form_route(s, r, FormKind::ImageVariation)),
+        )
+        .route(
+            "/v1/audio/transcriptions",
+            post(|s: State<AppState>, r: Request| form_route(s, r, FormKind::Transcription)),
+        )
+        .route(
+            "/v1/audio/translations",
+            post(|s: State<AppState>, r: Request| form_route(s, r, FormKind::Translation)),
+        )
+        .route("/v1/models", get(list_models))
+        .route("/v1/models/{*id}", get(get_model))
+}
+
+/// Authenticates and opens the call's context; refusals here are not logged (no user is known).
+fn open_call(state: &AppState, request: &Request) -> Result<CallContext, Response> {
+    let catalog = state.catalog.load();
+    let key = auth::authenticate(&catalog, auth::bearer(request.headers()))
+        .map_err(IntoResponse::into_response)?;
+    Ok(CallContext::new(
+        key,
+        request.method(),
+        request.uri().path(),
+    ))
+}
+
+/// A model must be allowed for the key (403) before anything is sent.
+fn check_model(ctx: &CallContext, model: &str) -> Result<(), ApiError> {
+    if ctx.key.may_use(model) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            "model_not_allowed",
+            format!("This API key is not allowed to use the model `{model}`."),
+        )
+        .with_param("model"))
+    }
+}
+
+fn path_and_query(route_path: &str, request: &Request) -> String {
+    match request.uri().query() {
+        Some(q) => format!("{route_path}?{q}"),
+        None => route_path.to_string(),
+    }
+}
+
+async fn json_route(
+    State(state): State<AppState>,
+    request: Request,
+    route: &'static JsonRoute,
+) -> Response {
+    let ctx = match open_call(&state, &request) {
+        Ok(ctx) => ctx,
+        Err(response) => return response,
+    };
+    let prepared = async {
+        require_json(request.headers())?;
+        let target = path_and_query(route.path, &request);
+        let accept = request.headers().get(header::ACCEPT).cloned();
+        let (parts, body) = request.into_parts();
+        let bytes = read_limited(body, &parts.headers, state.config.max_body_bytes()).await?;
+        let json = JsonBody::parse(bytes, route.required, route.default_model)?;
+        check_model(&ctx, &json.model)?;
+        Ok::<Outbound, ApiError>(Outbound {
+            method: Method::POST,
+            path_and_query: target,
+            model: json.model.clone(),
+            stream: json.stream,
+            content_type: Some(header::HeaderValue::from_static("application/json")),
+            accept,
+            sse: route.sse,
+            body: OutboundBody::Json(json),
+        })
+    }
+    .await;
+    match prepared {
+        Ok(out) => relay(&state, ctx, out).await,
+        Err(error) => ctx.reject(&state, None, error),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum FormKind {
+    ImageEdit,
+    ImageVariation,
+    Transcription,
+    Translation,
+}
+
+impl FormKind {
+    fn path(self) -> &'static str {
+        match self {
+            FormKind::ImageEdit => "/v1/images/edits",
+            FormKind::ImageVariation => "/v1/images/variations",
+            FormKind::Transcription => "/v1/audio/transcriptions",
+            FormKind::Translation => "/v1/audio/translations",
+        }
+    }
+
+    fn default_model(self) -> Option<&'static str> {
+        match self {
+            FormKind::ImageEdit | FormKind::ImageVariation => Some("dall-e-2"),
+            FormKind::Transcription | FormKind::Translation => None,
+        }
+    }
+
+    /// The rules OpenAI applies, checked here so that a bad upload never costs an upstream call.
+    fn validate(self, form: &FormBody) -> Result<(), ApiError> {
+        match self {
+            FormKind::ImageEdit => {
+                if form
+                    .field("image")
+                    .or_else(|| form.field("image[]"))
+                    .is_none_or(|p| p.file_name.is_none())
+                {
+                    return Err(ApiError::missing_field("image"));
+                }
+                if form.text("prompt").is_none_or(|p| p.trim().is_empty()) {
+                    return Err(ApiError::missing_field("prompt"));
+                }
+                check_n(form)
+            }
+            FormKind::ImageVariation => {
+                let image = form
+                    .field("image")
+                    .filter(|p| p.file_name.is_some())
+                    .ok_or_else(|| ApiError::missing_field("image"))?;
+                if image.data.len() >= VARIATION_IMAGE_LIMIT {
+                    return Err(
+                        ApiError::invalid_request("The image must be smaller than 4 MB.")
+                            .with_param("image"),
+                    );
+                }
+                check_square_png(&image.data)?;
+                check_n(form)?;
+                if let Some(size) = form.text("size")
+                    && !VARIATION_SIZES.contains(&size)
+                {
+                    return Err(ApiError::invalid_request(format!(
+                        "'{size}' is not one of {VARIATION_SIZES:?} - 'size'"
+                    ))
+                    .with_param("size"));
+                }
+                Ok(())
+            }
+            FormKind::Transcription | FormKind::Translation => {
+                let file = form
+                    .field("file")
+                    .filter(|p| p.file_name.is_some())
+                    .ok_or_else(|| ApiError::missing_field("file"))?;
+                if file.data.len() > AUDIO_FILE_LIMIT {
+                    return Err(ApiError::payload_too_large(AUDIO_FILE_LIMIT).with_param("file"));
+                }
+                if form.text("model").is_none() {
+                    return Err(ApiError::missing_field("model"));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn check_n(form: &FormBody) -> Result<(), ApiError> {
+    match form.text("n") {
+        None => Ok(()),
+        Some(n) => match n.trim().parse::<u32>() {
+            Ok(1..=10) => Ok(()),
+            _ => Err(ApiError::invalid_request(format!(
+                "'{n}' is not a valid value for 'n': it must be an integer from 1 to 10."
+            ))
+            .with_param("n")),
+        },
+    }
+}
+
+/// A valid PNG (it decodes, within memory limits) whose width equals its height.
+fn check_square_png(data: &[u8]) -> Result<(), ApiError> {
+    let bad =
+        |why: &str| ApiError::invalid_request(format!("Invalid image: {why}")).with_param("image");
+    let mut limits = png::Limits::default();
+    limits.bytes = 64 * 1024 * 1024;
+    let decoder = png::Decoder::new_with_limits(std::io::Cursor::new(data), limits);
+    let mut reader = decoder
+        .read_info()
+        .map_err(|_| bad("uploaded image must be a PNG."))?;
+    let info = reader.info();
+    let (width, height) = (info.width, info.height);
+    if width != height {
+        return Err(bad(&format!(
+            "uploaded image must be square, but it is {width}x{height}."
+        )));
+    }
+    let mut buffer = vec![
+        0;
+        reader
+            .output_buffer_size()
+            .ok_or_else(|| bad("the PNG is too large."))?
+    ];
+    reader
+        .next_frame(&mut buffer)
+        .map_err(|_| bad("the PNG data is corrupt."))?;
+    Ok(())
+}
+
+async fn form_route(State(state): State<AppState>, request: Request, kind: FormKind) -> Response {
+    let ctx = match open_call(&state, &request) {
+        Ok(ctx) => ctx,
+        Err(response) => return response,
+    };
+    let prepared = async {
+        let boundary = require_multipart(request.headers())?;
+        let content_type = request.headers().get(header::CONTENT_TYPE).cloned();
+        let accept = request.headers().get(header::ACCEPT).cloned();
+        let target = path_and_query(kind.path(), &request);
+        let (parts, body) = request.into_parts();
+        let bytes = read_limited(body, &parts.headers, state.config.max_body_bytes()).await?;
+        let form = FormBody::parse(bytes, boundary, kind.default_model()).await?;
+        kind.validate(&form)?;
+        check_model(&ctx, &form.model)?;
+        let stream = form.text("stream").is_some_and(|s| s.trim() == "true");
+        Ok::<Outbound, ApiError>(Outbound {
+            method: Method::POST,
+            path_and_query: target,
+            model: form.model.clone(),
+            stream,
+            content_type,
+            accept,
+            sse: SseStyle::None,
+            body: OutboundBody::Form(form),
+        })
+    }
+    .await;
+    match prepared {
+        Ok(out) => relay(&state, ctx, out).await,
+        Err(error) => ctx.reject(&state, None, error),
+    }
+}
+
+fn model_object(id: &str, created: i64, owned_by: &str) -> serde_json::Value {
+    json!({"id": id, "object": "model", "created": created, "owned_by": owned_by})
+}
+
+/// Only the models the calling key may use.
+async fn list_models(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let catalog = state.catalog.load();
+    let key = match auth::authenticate(&catalog, auth::bearer(&headers)) {
+        Ok(key) => key,
+        Err(e) => return e.into_response(),
+    };
+    let data: Vec<_> = catalog
+        .models()
+        .into_iter()
+        .filter(|(id, _)| key.may_use(id))
+        .map(|(id, (created, owner))| model_object(id, created, owner))
+        .collect();
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+async fn get_model(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let catalog = state.catalog.load();
+    let key = match auth::authenticate(&catalog, auth::bearer(&headers)) {
+        Ok(key) => key,
+        Err(e) => return e.into_response(),
+    };
+    match catalog.models().get(id.as_str()) {
+        Some((created, owner)) if key.may_use(&id) => {
+            axum::Json(model_object(&id, *created, owner)).into_response()
+        }
+        _ => ApiError::model_not_found(&id).into_response(),
+    }
+}
+
+/// Answers an unknown path (and unknown methods on known paths) in the OpenAI shape.
+pub async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
+    ApiError::not_found(
+        "unknown_url",
+        format!("Unknown request URL: {method} {}.", uri.path()),
+    )
+    .into_response()
+}
+
+pub async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        Some("method_not_allowed"),
+        format!("Method {method} is not allowed for {}.", uri.path()),
+    )
+    .into_response()
+}

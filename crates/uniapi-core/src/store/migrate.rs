@@ -1,0 +1,44 @@
+//! Embedded migrations: one folder per dialect, applied in order, each recorded once in `schema_migrations`.
+//! Both folders hold the same versions; a test migrates both.
+
+use super::{Store, StoreResult, now_ms, with_pool};
+
+struct Migration {
+    version: i64,
+    sqlite: &'static str,
+    postgres: &'static str,
+}
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    sqlite: include_str!("../../migrations/sqlite/0001_init.sql"),
+    postgres: include_str!("../../migrations/postgres/0001_init.sql"),
+}];
+
+/// Splits a migration file into statements (the files hold no `;` inside strings or bodies).
+fn statements(sql: &str) -> impl Iterator<Item = &str> {
+    sql.split(';').map(str::trim).filter(|s| !s.is_empty())
+}
+
+pub(super) async fn run(store: &Store) -> StoreResult<()> {
+    with_pool!(store, pool => {
+        sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
+            .execute(pool).await?;
+        for migration in MIGRATIONS {
+            let mut tx = pool.begin().await?;
+            let done: Option<(i64,)> = sqlx::query_as("SELECT version FROM schema_migrations WHERE version = $1")
+                .bind(migration.version).fetch_optional(&mut *tx).await?;
+            if done.is_some() {
+                continue;
+            }
+            let sql = match store { Store::Sqlite(_) => migration.sqlite, Store::Postgres(_) => migration.postgres };
+            for statement in statements(sql) {
+                sqlx::query(statement).execute(&mut *tx).await?;
+            }
+            sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
+                .bind(migration.version).bind(now_ms()).execute(&mut *tx).await?;
+            tx.commit().await?;
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! The sandbox upstream: a deterministic simulation of the provider APIs uniapi relays.
+//! Used as the tests' fake upstream, by `uniapi serve --demo`, by `uniapi sandbox` and by the benchmark.
+//!
+//! Layout: a small shared core (live config, request journal, fault queue, the `/v1` gate that
+//! records, authenticates and injects faults, the `/__sandbox` control endpoint, SSE bodies) and
+//! one module per provider family (`openai` for now).
+
+mod body;
+mod control;
+mod error;
+mod fault;
+mod gate;
+mod journal;
+mod openai;
+mod sse;
+mod state;
+mod text;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+
+use crate::state::SandboxState;
+
+/// Knobs the sandbox starts with; latency and stream shape can be changed later through
+/// `PUT /__sandbox/config`.
+#[derive(Clone, Debug)]
+pub struct SandboxConfig {
+    /// Accepted upstream keys (`Authorization: Bearer <key>`).
+    pub keys: Vec<String>,
+    /// Delay before the response head of every `/v1` call.
+    pub latency_ms: u64,
+    /// Content chunks in a streamed answer (fewer when the answer has fewer words).
+    pub stream_chunks: usize,
+    /// Delay before each streamed content chunk.
+    pub chunk_delay_ms: u64,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            keys: vec!["sk-sandbox".into()],
+            latency_ms: 0,
+            stream_chunks: 8,
+            chunk_delay_ms: 0,
+        }
+    }
+}
+
+/// The whole sandbox as a Router, state included.
+pub fn router(config: SandboxConfig) -> Router {
+    let state = Arc::new(SandboxState::new(config));
+    openai::routes()
+        .fallback(gate::unknown_route)
+        .method_not_allowed_fallback(gate::method_not_allowed)
+        // The gate wraps every route above (and the fallbacks), not the control routes below.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            gate::gate,
+        ))
+        .merge(control::routes())
+        .with_state(state)
+}
+
+/// Serves the sandbox on `listener` until the server fails.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    config: SandboxConfig,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(config)).await
+}
+
+/// Binds `127.0.0.1:0`, serves the sandbox in a background task and returns its address.
+pub async fn spawn(config: SandboxConfig) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(err) = serve(listener, config).await {
+            tracing::error!(%err, "sandbox server stopped");
+        }
+    });
+    Ok(addr)
+}

@@ -1,0 +1,75 @@
+//! Shared sandbox state: accepted keys, the live (atomically updatable) config, the fault queue
+//! and the request journal.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::SandboxConfig;
+use crate::fault::FaultQueue;
+use crate::journal::Journal;
+use crate::text::fnv64;
+
+pub struct SandboxState {
+    pub keys: Vec<String>,
+    pub live: LiveConfig,
+    pub faults: FaultQueue,
+    pub journal: Journal,
+    calls: AtomicU64,
+}
+
+impl SandboxState {
+    pub fn new(config: SandboxConfig) -> Self {
+        Self {
+            keys: config.keys,
+            live: LiveConfig {
+                latency_ms: AtomicU64::new(config.latency_ms),
+                stream_chunks: AtomicUsize::new(config.stream_chunks),
+                chunk_delay_ms: AtomicU64::new(config.chunk_delay_ms),
+            },
+            faults: FaultQueue::default(),
+            journal: Journal::default(),
+            calls: AtomicU64::new(0),
+        }
+    }
+
+    /// A seed for the ids of one call: the body hash mixed with a per-process call counter, so
+    /// two identical requests still get distinct ids while a run stays reproducible.
+    pub fn call_seed(&self, body: &[u8]) -> u64 {
+        let n = self.calls.fetch_add(1, Ordering::Relaxed);
+        fnv64(body) ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+}
+
+/// The part of the config that `PUT /__sandbox/config` may change while running.
+pub struct LiveConfig {
+    pub latency_ms: AtomicU64,
+    pub stream_chunks: AtomicUsize,
+    pub chunk_delay_ms: AtomicU64,
+}
+
+#[derive(Serialize)]
+pub struct LiveConfigView {
+    pub latency_ms: u64,
+    pub stream_chunks: usize,
+    pub chunk_delay_ms: u64,
+}
+
+impl LiveConfig {
+    pub fn view(&self) -> LiveConfigView {
+        LiveConfigView {
+            latency_ms: self.latency_ms.load(Ordering::Relaxed),
+            stream_chunks: self.stream_chunks.load(Ordering::Relaxed),
+            chunk_delay_ms: self.chunk_delay_ms.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Unix seconds, for `created` fields.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

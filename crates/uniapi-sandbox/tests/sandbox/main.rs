@@ -1,0 +1,9 @@
+//! One integration-test binary for the sandbox upstream: every test starts its own sandbox on a
+//! random port and talks to it over real HTTP.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod control;
+mod openai_chat;
+mod openai_media;
+mod openai_responses;
+mod support;

@@ -1,0 +1,136 @@
+//! `uniapi serve --demo`: an in-process sandbox upstream registered as a channel, prices for its models,
+//! and a demo user with a fixed, documented key, so the README's examples work offline as written.
+
+use std::net::SocketAddr;
+
+use uniapi_core::config::{ChannelConfig, Config, PriceConfig, UserConfig, UserKeyConfig};
+
+/// The demo key is public on purpose: the demo serves only the local sandbox.
+pub const DEMO_KEY: &str = "sk-uniapi-demo-0000000000000000000000000000000000000000";
+const SANDBOX_KEY: &str = "sk-sandbox-demo-upstream";
+const DEMO_DATABASE: &str = "sqlite://uniapi-data/demo.db";
+
+/// (model, input USD per Mtok, output USD per Mtok) for token-priced sandbox models.
+const TOKEN_MODELS: &[(&str, f64, f64)] = &[
+    ("gpt-4o-mini", 0.15, 0.60),
+    ("gpt-4o", 2.50, 10.00),
+    ("gpt-4.1-mini", 0.40, 1.60),
+    ("gpt-3.5-turbo-instruct", 1.50, 2.00),
+    ("text-embedding-3-small", 0.02, 0.0),
+    ("omni-moderation-latest", 0.0, 0.0),
+];
+
+pub struct DemoSetup {
+    pub sandbox: SocketAddr,
+}
+
+pub async fn prepare(config: &mut Config) -> anyhow::Result<DemoSetup> {
+    let sandbox = uniapi_sandbox::spawn(uniapi_sandbox::SandboxConfig {
+        keys: vec![SANDBOX_KEY.into()],
+        ..Default::default()
+    })
+    .await?;
+    if config.database.url == uniapi_core::config::DatabaseConfig::default().url {
+        // keep the demo's channel and user out of the operator's own database
+        config.database.url = DEMO_DATABASE.into();
+    }
+    let mut models: Vec<String> = TOKEN_MODELS.iter().map(|(m, _, _)| m.to_string()).collect();
+    models.extend(["dall-e-2", "dall-e-3", "whisper-1", "tts-1"].map(String::from));
+    config.channels.retain(|c| c.name != "sandbox-openai");
+    config.channels.push(ChannelConfig {
+        name: "sandbox-openai".into(),
+        kind: "openai".into(),
+        base_url: format!("http://{sandbox}"),
+        keys: vec![SANDBOX_KEY.into()],
+        models,
+        model_map: [("gpt-4o-mini-latest".to_string(), "gpt-4o-mini".to_string())]
+            .into_iter()
+            .collect(),
+        priority: 0,
+        weight: 1,
+        modes: None,
+        enabled: true,
+    });
+    for (model, input, output) in TOKEN_MODELS {
+        let price = if *input == 0.0 && *output == 0.0 {
+            PriceConfig {
+                free: true,
+                ..Default::default()
+            }
+        } else {
+            PriceConfig {
+                input_per_mtok: Some(*input),
+                output_per_mtok: Some(*output),
+                ..Default::default()
+            }
+        };
+        config.prices.entry(model.to_string()).or_insert(price);
+    }
+    for (model, price) in [
+        (
+            "gpt-4o-mini-latest",
+            PriceConfig {
+                input_per_mtok: Some(0.15),
+                output_per_mtok: Some(0.60),
+                ..Default::default()
+            },
+        ),
+        (
+            "dall-e-2",
+            PriceConfig {
+                per_image: Some(0.02),
+                ..Default::default()
+            },
+        ),
+        (
+            "dall-e-3",
+            PriceConfig {
+                per_image: Some(0.04),
+                ..Default::default()
+            },
+        ),
+        (
+            "whisper-1",
+            PriceConfig {
+                per_audio_minute: Some(0.006),
+                ..Default::default()
+            },
+        ),
+        (
+            "tts-1",
+            PriceConfig {
+                per_mchar: Some(15.0),
+                ..Default::default()
+            },
+        ),
+    ] {
+        config.prices.entry(model.to_string()).or_insert(price);
+    }
+    if !config.users.iter().any(|u| u.name == "demo") {
+        config.users.push(UserConfig {
+            name: "demo".into(),
+            balance_usd: 100.0,
+            keys: vec![UserKeyConfig {
+                name: "demo".into(),
+                key: Some(DEMO_KEY.into()),
+                models: None,
+            }],
+        });
+    }
+    Ok(DemoSetup { sandbox })
+}
+
+pub fn announce(setup: &DemoSetup, gateway: SocketAddr) {
+    let base = format!("http://{gateway}");
+    println!(
+        "\nDemo mode: sandbox upstream at http://{sandbox}, registered as channel `sandbox-openai`.\n\
+         Demo user `demo`, API key: {DEMO_KEY}\n\n\
+         Try it:\n\
+         curl {base}/v1/chat/completions -H 'Authorization: Bearer {DEMO_KEY}' \\\n  \
+         -H 'Content-Type: application/json' \\\n  \
+         -d '{{\"model\":\"gpt-4o-mini\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}]}}'\n\n\
+         python3 -c \"from openai import OpenAI; c = OpenAI(base_url='{base}/v1', api_key='{DEMO_KEY}'); \
+         print(c.chat.completions.create(model='gpt-4o-mini', messages=[{{'role':'user','content':'Hello!'}}]).choices[0].message.content)\"\n",
+        sandbox = setup.sandbox,
+    );
+}
