@@ -569,7 +569,7 @@ key = "sk-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
                 "channels[0].base_url",
             ),
             (
-                "[[channels]]\nname = \"a\"\nkind = \"openai\"\nbase_url = \"http://x\"\nkeys = []\n",
+                "[[channels]]\nname = \"a\"\nkind = \"openai\"\nbase_url = \"http://x.invalid\"\nkeys = []\n",
                 "channels[0].keys",
             ),
             (

@@ -17,6 +17,8 @@ const QUEUE: usize = 100_000;
 enum Message {
     Log(Box<RequestLog>),
     Flush(oneshot::Sender<()>),
+    /// Write what is queued and stop; records sent later are dropped.
+    Close,
 }
 
 #[derive(Clone)]
@@ -26,6 +28,7 @@ pub struct LogSink {
 }
 
 pub struct LogWriter {
+    tx: mpsc::Sender<Message>,
     handle: tokio::task::JoinHandle<()>,
 }
 
@@ -35,10 +38,10 @@ impl LogSink {
         let handle = tokio::spawn(run(store, rx));
         (
             LogSink {
-                tx,
+                tx: tx.clone(),
                 dropped: Default::default(),
             },
-            LogWriter { handle },
+            LogWriter { tx, handle },
         )
     }
 
@@ -67,8 +70,9 @@ impl LogSink {
 }
 
 impl LogWriter {
-    /// Completes once every sink is dropped and the queue is written out.
+    /// Writes out everything queued so far and stops the writer, even while sinks are still alive.
     pub async fn finish(self) {
+        let _ = self.tx.send(Message::Close).await;
         let _ = self.handle.await;
     }
 }
@@ -83,7 +87,7 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Message>) {
             message = rx.recv() => match message {
                 Some(Message::Log(log)) => { batch.push(*log); false }
                 Some(Message::Flush(done)) => { waiters.push(done); false }
-                None => true,
+                Some(Message::Close) | None => true,
             },
             _ = ticker.tick() => { write(&store, &mut batch).await; false }
         };
@@ -93,7 +97,7 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Message>) {
                 match rx.try_recv() {
                     Ok(Message::Log(log)) => batch.push(*log),
                     Ok(Message::Flush(done)) => waiters.push(done),
-                    Err(_) => break,
+                    Ok(Message::Close) | Err(_) => break,
                 }
             }
             write(&store, &mut batch).await;

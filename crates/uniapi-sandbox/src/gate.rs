@@ -53,6 +53,7 @@ pub async fn gate(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let body = ParsedBody::parse(content_type, bytes).await;
+    tracing::debug!(method = %parts.method, path, bytes = body.bytes.len(), "sandbox call");
     state.journal.record(JournalEntry::new(&parts, &body));
 
     let auth = authorize(&state.keys, &parts.headers);

@@ -6,6 +6,7 @@
 //!      connect errors, timeouts, 429, 5xx, 401/403 — never after a byte reached the client
 //!   4. `PassThrough` streams the rest to the client and writes the request log when it ends,
 //!      whether it completed, the upstream cut it, or the client went away.
+//!
 //! Billing (reserve before step 3, capture/release in step 4) plugs in around `relay`.
 
 pub mod body;
@@ -140,7 +141,7 @@ pub fn order_candidates(channels: &[Arc<Channel>], now_ms: i64) -> Vec<Arc<Chann
         .partition(|c| !c.health.is_cooling(now_ms));
     let mut ordered = Vec::with_capacity(channels.len());
     for mut group in [healthy, cooling] {
-        group.sort_by(|a, b| b.priority.cmp(&a.priority));
+        group.sort_by_key(|c| std::cmp::Reverse(c.priority));
         let mut start = 0;
         while start < group.len() {
             let priority = group[start].priority;

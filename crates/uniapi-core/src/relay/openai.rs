@@ -121,10 +121,9 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// Authenticates and opens the call's context; refusals here are not logged (no user is known).
-fn open_call(state: &AppState, request: &Request) -> Result<CallContext, Response> {
+fn open_call(state: &AppState, request: &Request) -> Result<CallContext, ApiError> {
     let catalog = state.catalog.load();
-    let key = auth::authenticate(&catalog, auth::bearer(request.headers()))
-        .map_err(IntoResponse::into_response)?;
+    let key = auth::authenticate(&catalog, auth::bearer(request.headers()))?;
     Ok(CallContext::new(
         key,
         request.method(),
@@ -159,7 +158,7 @@ async fn json_route(
 ) -> Response {
     let ctx = match open_call(&state, &request) {
         Ok(ctx) => ctx,
-        Err(response) => return response,
+        Err(error) => return error.into_response(),
     };
     let prepared = async {
         require_json(request.headers())?;
@@ -285,8 +284,9 @@ fn check_n(form: &FormBody) -> Result<(), ApiError> {
 fn check_square_png(data: &[u8]) -> Result<(), ApiError> {
     let bad =
         |why: &str| ApiError::invalid_request(format!("Invalid image: {why}")).with_param("image");
-    let mut limits = png::Limits::default();
-    limits.bytes = 64 * 1024 * 1024;
+    let limits = png::Limits {
+        bytes: 64 * 1024 * 1024,
+    };
     let decoder = png::Decoder::new_with_limits(std::io::Cursor::new(data), limits);
     let mut reader = decoder
         .read_info()
@@ -313,7 +313,7 @@ fn check_square_png(data: &[u8]) -> Result<(), ApiError> {
 async fn form_route(State(state): State<AppState>, request: Request, kind: FormKind) -> Response {
     let ctx = match open_call(&state, &request) {
         Ok(ctx) => ctx,
-        Err(response) => return response,
+        Err(error) => return error.into_response(),
     };
     let prepared = async {
         let boundary = require_multipart(request.headers())?;

@@ -80,6 +80,9 @@ struct PassThrough {
     sse: SseStyle,
     /// Whether the bytes sent so far end on an event boundary (a blank line).
     at_boundary: bool,
+    /// Bytes still due when the upstream declared a length: hyper stops polling the body once they are
+    /// sent, so the end has to be recognised here rather than from the stream's end.
+    remaining: Option<u64>,
     ended: bool,
 }
 
@@ -87,6 +90,12 @@ impl PassThrough {
     fn note(&mut self, chunk: &Bytes) {
         if !chunk.is_empty() {
             self.at_boundary = chunk.ends_with(b"\n\n") || chunk.ends_with(b"\r\n\r\n");
+        }
+        if let Some(remaining) = self.remaining.as_mut() {
+            *remaining = remaining.saturating_sub(chunk.len() as u64);
+            if *remaining == 0 {
+                self.finish.done("complete", None);
+            }
         }
     }
 }
@@ -149,7 +158,8 @@ pub fn respond(
         .is_some_and(|ct| ct.starts_with("text/event-stream"));
     let mut headers = axum::http::HeaderMap::new();
     super::copy_headers(upstream.headers(), &mut headers);
-    let stream = PassThrough {
+    let remaining = upstream.content_length();
+    let mut stream = PassThrough {
         first,
         rest: upstream.bytes_stream().boxed(),
         finish: Finish {
@@ -159,8 +169,12 @@ pub fn respond(
         },
         sse: if is_event_stream { sse } else { SseStyle::None },
         at_boundary: true,
+        remaining,
         ended: false,
     };
+    if stream.remaining == Some(0) {
+        stream.finish.done("complete", None);
+    }
     let mut response = Response::new(Body::from_stream(stream));
     *response.status_mut() = status;
     *response.headers_mut() = headers;

@@ -134,7 +134,7 @@ pub async fn create(Extension(call): Extension<Arc<Call>>) -> Result<Response, A
     let answers: Vec<Answer> = (0..req.n)
         .map(|i| match &req.tool {
             Some(name) => Answer::ToolCall {
-                id: format!("call_{:024x}", u128::from(mix(call.seed ^ i as u64))),
+                id: format!("call_{:016x}", mix(call.seed ^ i as u64)),
                 name: name.clone(),
             },
             None => {

@@ -1,0 +1,10 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! One integration-test binary for the gateway core: real listeners on random ports, real sandbox
+//! upstreams, a temporary SQLite store (and PostgreSQL when `UNIAPI_TEST_POSTGRES_URL` is set).
+
+mod admin;
+mod errors;
+mod failover;
+mod routing;
+mod store;
+mod support;

@@ -1,0 +1,292 @@
+//! The store on SQLite always and on PostgreSQL when `UNIAPI_TEST_POSTGRES_URL` is set: the same
+//! operations, the same answers.
+
+use std::collections::BTreeMap;
+
+use uniapi_core::config::{Config, UserConfig};
+use uniapi_core::store::logs::{Attempt, LogFilter, RequestLog};
+use uniapi_core::store::{ChannelSpec, KeyLimits, Store, StoreError};
+
+use crate::support::*;
+
+/// A fresh database per call: a temp SQLite file, or a new schema in the PostgreSQL test database.
+async fn stores() -> Vec<(String, String)> {
+    let mut urls = vec![("sqlite".to_string(), temp_sqlite_url())];
+    match std::env::var("UNIAPI_TEST_POSTGRES_URL") {
+        Ok(base) if !base.is_empty() => {
+            let schema = format!("t_{}", uuid_like().replace('-', "_"));
+            let admin = Store::connect(&base, 1)
+                .await
+                .expect("UNIAPI_TEST_POSTGRES_URL is set but PostgreSQL is unreachable");
+            if let Store::Postgres(pool) = &admin {
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+                    .execute(pool)
+                    .await
+                    .unwrap();
+            }
+            let separator = if base.contains('?') { '&' } else { '?' };
+            urls.push((
+                "postgres".to_string(),
+                format!("{base}{separator}options=-c%20search_path%3D{schema}"),
+            ));
+        }
+        _ => eprintln!(
+            "store tests: UNIAPI_TEST_POSTGRES_URL is not set; PostgreSQL is SKIPPED (SQLite only)"
+        ),
+    }
+    urls
+}
+
+fn spec(name: &str, keys: &[&str]) -> ChannelSpec {
+    ChannelSpec {
+        name: name.into(),
+        kind: "openai".into(),
+        base_url: "http://127.0.0.1:9".into(),
+        keys: keys.iter().map(|k| k.to_string()).collect(),
+        models: vec!["m1".into(), "m2".into()],
+        model_map: BTreeMap::from([("alias".to_string(), "m1".to_string())]),
+        priority: 5,
+        weight: 2,
+        modes: Some(vec!["fast".into()]),
+        enabled: true,
+    }
+}
+
+#[tokio::test]
+async fn store_round_trips_on_every_backend() {
+    for (backend, url) in stores().await {
+        let store = Store::connect(&url, 2).await.unwrap();
+        // migrations are idempotent
+        let store2 = Store::connect(&url, 1).await.unwrap();
+        store2.close().await;
+
+        let user = store.create_user("u1", 123).await.unwrap();
+        assert!(
+            matches!(
+                store.create_user("u1", 1).await,
+                Err(StoreError::Conflict(_))
+            ),
+            "{backend}"
+        );
+        assert_eq!(
+            store.ensure_user("u1", 999).await.unwrap().balance_nano,
+            123,
+            "{backend}: a balance was reset"
+        );
+        let renamed = store
+            .update_user(user.id, Some("u2"), Some(false))
+            .await
+            .unwrap();
+        assert_eq!(
+            (renamed.name.as_str(), renamed.enabled),
+            ("u2", false),
+            "{backend}"
+        );
+
+        let limits = KeyLimits {
+            models: Some(vec!["m1".into()]),
+            quota_nano: Some(5),
+            expires_at: Some(7),
+            rpm: Some(3),
+            tpm: None,
+            max_concurrency: Some(2),
+        };
+        let key = store
+            .create_key(user.id, "k", "hash-1", "sk-…abcd", &limits)
+            .await
+            .unwrap();
+        assert_eq!(
+            key.models.as_deref(),
+            Some(&["m1".to_string()][..]),
+            "{backend}"
+        );
+        assert_eq!(
+            (
+                key.quota_nano,
+                key.expires_at,
+                key.rpm,
+                key.tpm,
+                key.max_concurrency
+            ),
+            (Some(5), Some(7), Some(3), None, Some(2))
+        );
+        assert!(matches!(
+            store
+                .create_key(user.id, "k2", "hash-1", "x", &limits)
+                .await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(matches!(
+            store.create_key(9999, "k", "hash-9", "x", &limits).await,
+            Err(StoreError::NotFound(_))
+        ));
+        let updated = store
+            .update_key(key.id, "k-renamed", false, &KeyLimits::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                updated.name.as_str(),
+                updated.enabled,
+                updated.models.clone()
+            ),
+            ("k-renamed", false, None),
+            "{backend}"
+        );
+
+        let channel = store
+            .save_channel(None, &spec("c1", &["s1", "s2"]))
+            .await
+            .unwrap();
+        assert_eq!(channel.keys.len(), 2);
+        assert_eq!(channel.model_map["alias"], "m1");
+        assert_eq!(channel.modes.as_deref(), Some(&["fast".to_string()][..]));
+        store
+            .disable_channel_key(channel.keys[0].id, "401")
+            .await
+            .unwrap();
+        // saving again with the same secrets keeps a disabled key disabled
+        let again = store
+            .save_channel(Some(channel.id), &spec("c1", &["s1", "s3"]))
+            .await
+            .unwrap();
+        assert_eq!(
+            again
+                .keys
+                .iter()
+                .map(|k| (k.secret.as_str(), k.enabled))
+                .collect::<Vec<_>>(),
+            vec![("s1", false), ("s3", true)],
+            "{backend}"
+        );
+        assert!(matches!(
+            store.save_channel(None, &spec("c1", &["x"])).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(
+            store.channel_id_by_name("c1").await.unwrap(),
+            Some(channel.id)
+        );
+
+        store.put_price("m1", r#"{"per_call":5}"#).await.unwrap();
+        store.put_price("m1", r#"{"per_call":6}"#).await.unwrap();
+        assert_eq!(
+            store.prices().await.unwrap(),
+            vec![("m1".to_string(), r#"{"per_call":6}"#.to_string())]
+        );
+        store.delete_price("m1").await.unwrap();
+        assert!(matches!(
+            store.delete_price("m1").await,
+            Err(StoreError::NotFound(_))
+        ));
+
+        assert!(store.insert_setting_if_absent("s", "1").await.unwrap());
+        assert!(!store.insert_setting_if_absent("s", "2").await.unwrap());
+        assert_eq!(store.setting("s").await.unwrap().as_deref(), Some("1"));
+
+        let log = |id: &str, at: i64, status: u16| RequestLog {
+            id: id.into(),
+            created_at: at,
+            user_id: Some(user.id),
+            key_id: Some(key.id),
+            method: "POST".into(),
+            path: "/v1/chat/completions".into(),
+            model: Some("m1".into()),
+            upstream_model: Some("m1".into()),
+            channel_id: Some(channel.id),
+            status,
+            stream: true,
+            outcome: "complete".into(),
+            attempts: vec![Attempt {
+                channel_id: channel.id,
+                channel: "c1".into(),
+                key_hint: "…s1".into(),
+                status: Some(500),
+                error: Some("boom".into()),
+                elapsed_ms: 3,
+            }],
+            latency_ms: 10,
+            ttfb_ms: Some(2),
+            error: None,
+        };
+        store
+            .insert_logs(&[log("a", 1, 200), log("b", 2, 500), log("a", 1, 200)])
+            .await
+            .unwrap();
+        let logs = store.logs(&LogFilter::default()).await.unwrap();
+        assert_eq!(
+            logs.iter().map(|l| l.id.as_str()).collect::<Vec<_>>(),
+            vec!["b", "a"],
+            "{backend}"
+        );
+        assert_eq!(logs[1], log("a", 1, 200));
+        let filtered = store
+            .logs(&LogFilter {
+                status: Some(500),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(filtered.len(), 1);
+
+        store.delete_channel(channel.id).await.unwrap();
+        store.delete_user(user.id).await.unwrap();
+        assert!(
+            store.keys().await.unwrap().is_empty(),
+            "{backend}: keys outlived their user"
+        );
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn declared_config_is_upserted_and_never_resets_balances() {
+    for (backend, url) in stores().await {
+        let mut cfg = config(vec![]);
+        cfg.database.url = url.clone();
+        let gw = TestGateway::start(cfg.clone()).await;
+        let user = gw.state.store.user_by_name("alice").await.unwrap().unwrap();
+        assert_eq!(user.balance_nano, 10_000_000_000, "{backend}");
+        // the balance changes at run time; a restart with the same config keeps it
+        if let Store::Sqlite(pool) = &gw.state.store {
+            sqlx::query("UPDATE users SET balance_nano = 42")
+                .execute(pool)
+                .await
+                .unwrap();
+        } else if let Store::Postgres(pool) = &gw.state.store {
+            sqlx::query("UPDATE users SET balance_nano = 42")
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+        gw.stop().await;
+        let mut cfg2: Config = cfg.clone();
+        cfg2.users.push(UserConfig {
+            name: "carol".into(),
+            balance_usd: 1.0,
+            keys: vec![],
+        });
+        let gw = TestGateway::start(cfg2).await;
+        assert_eq!(
+            gw.state
+                .store
+                .user_by_name("alice")
+                .await
+                .unwrap()
+                .unwrap()
+                .balance_nano,
+            42,
+            "{backend}"
+        );
+        assert!(
+            gw.state
+                .store
+                .user_by_name("carol")
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(gw.chat("gpt-4o-mini").await.status(), 404);
+        gw.stop().await;
+    }
+}
