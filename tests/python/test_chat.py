@@ -93,7 +93,13 @@ def test_streamed_chat_reassembles_to_the_plain_answer(gateway, client):
     assert all(c.usage is None for c in chunks)
 
     call = only_upstream_call(gateway)
-    assert call["body_json"] == {"model": "gpt-4o-mini", "messages": messages, "stream": True}
+    # uniapi asks the upstream for its usage count (and hides that chunk from this client)
+    assert call["body_json"] == {
+        "model": "gpt-4o-mini",
+        "messages": messages,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
 
     log = gateway.log(raw.headers["x-uniapi-request-id"])
     assert log["stream"] is True

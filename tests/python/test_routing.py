@@ -36,6 +36,8 @@ def test_alias_on_the_responses_api(gateway, client):
 
 def test_alias_in_a_multipart_form_rebuilds_the_form(gateway, make_channel):
     make_channel(name="sandbox-whisper-alias", models=[], model_map={"speech-to-text": "whisper-1"})
+    # an alias is priced under the name the client uses
+    assert gateway.admin("PUT", "/prices/speech-to-text", {"per_audio_minute": 0.006}).status == 200
     client = gateway.client()
     audio = make_wav(0.25) + bytes(range(256))  # binary bytes after the header must survive the rebuild
     result = client.audio.transcriptions.create(
@@ -55,6 +57,7 @@ def test_alias_in_a_multipart_form_rebuilds_the_form(gateway, make_channel):
         "prompt": "names: Åsa, Zoë",
         "temperature": "0.2",
     }
+    assert gateway.admin("DELETE", "/prices/speech-to-text").status == 204
 
 
 def test_query_string_is_forwarded(gateway, client):

@@ -102,6 +102,8 @@ pub struct Price {
     pub per_audio_minute: Option<i64>,
     #[serde(default)]
     pub free: bool,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub max_output_tokens: Option<u64>,
 }
 
 /// USD -> nano-USD, exact for any amount written with up to nine decimals.
@@ -135,8 +137,13 @@ impl Price {
             per_mchar: field("per_mchar", p.per_mchar)?,
             per_audio_minute: field("per_audio_minute", p.per_audio_minute)?,
             free: p.free,
+            max_output_tokens: p.max_output_tokens,
         };
-        if price == Price::default() {
+        if (Price {
+            max_output_tokens: None,
+            ..price.clone()
+        }) == Price::default()
+        {
             return Err((
                 "free",
                 "a price needs at least one amount, or `free = true`".into(),
@@ -156,6 +163,7 @@ impl Price {
             per_mchar: usd(self.per_mchar),
             per_audio_minute: usd(self.per_audio_minute),
             free: self.free,
+            max_output_tokens: self.max_output_tokens,
         }
     }
 }
@@ -303,6 +311,7 @@ pub struct ApiKey {
     pub expires_at: Option<i64>,
     pub enabled: bool,
     pub user_enabled: bool,
+    pub limits: crate::billing::limits::KeyLimits,
 }
 
 impl ApiKey {
@@ -347,6 +356,11 @@ impl Catalog {
                     expires_at: k.expires_at,
                     enabled: k.enabled,
                     user_enabled: user_enabled.get(&k.user_id).copied().unwrap_or(false),
+                    limits: crate::billing::limits::KeyLimits {
+                        rpm: k.rpm,
+                        tpm: k.tpm,
+                        max_concurrency: k.max_concurrency,
+                    },
                 };
                 (k.key_hash, Arc::new(key))
             })

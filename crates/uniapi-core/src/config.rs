@@ -35,6 +35,8 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     pub admin: AdminConfig,
     pub routing: RoutingConfig,
+    pub billing: BillingConfig,
+    pub logs: LogsConfig,
     pub channels: Vec<ChannelConfig>,
     pub prices: BTreeMap<String, PriceConfig>,
     pub users: Vec<UserConfig>,
@@ -120,6 +122,38 @@ impl Default for RoutingConfig {
     }
 }
 
+/// How much a request may hold and how balances are shown.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BillingConfig {
+    /// Credits per USD on `/v1/billing/usage` without `unit=usd`.
+    pub credits_per_usd: u64,
+    /// Output tokens reserved when a request sets no `max_tokens` and its price sets no `max_output_tokens`.
+    pub default_max_output_tokens: u64,
+}
+
+impl Default for BillingConfig {
+    fn default() -> Self {
+        Self {
+            credits_per_usd: 500_000,
+            default_max_output_tokens: 4096,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogsConfig {
+    /// Request logs older than this are deleted (0 keeps them forever).
+    pub retention_days: u64,
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        Self { retention_days: 90 }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelConfig {
@@ -163,6 +197,8 @@ pub struct PriceConfig {
     pub per_audio_minute: Option<f64>,
     #[serde(default)]
     pub free: bool,
+    /// Output tokens to reserve when a request sets no limit (overrides `billing.default_max_output_tokens`).
+    pub max_output_tokens: Option<u64>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -285,6 +321,9 @@ impl Config {
                 "database.url",
                 format!("`{url}` is neither sqlite:... nor postgres://..."),
             ));
+        }
+        if self.billing.credits_per_usd == 0 {
+            return Err(key_error("billing.credits_per_usd", "must be at least 1"));
         }
         if self.routing.max_attempts == 0 {
             return Err(key_error("routing.max_attempts", "must be at least 1"));

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod billing;
 pub mod catalog;
 pub mod config;
 pub mod error;

@@ -25,6 +25,7 @@ use crate::store::{ChannelSpec, KeyLimits, Store, StoreError};
 pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(crate::relay::openai::routes())
+        .merge(crate::relay::platform::routes())
         .nest("/api", crate::admin::routes(state.clone()))
         .route(
             "/healthz",
@@ -81,6 +82,7 @@ async fn rescue_plain_errors(response: Response) -> Response {
 pub struct Gateway {
     pub state: AppState,
     writer: LogWriter,
+    ledger_writer: crate::billing::ledger::LedgerWriter,
     /// Lines to show the operator once (a generated admin key, generated user keys).
     pub announcements: Vec<String>,
 }
@@ -93,10 +95,17 @@ impl Gateway {
         apply_declarations(&store, &config, &mut announcements).await?;
         let admin_key_digest = admin_key(&store, &config, &mut announcements).await?;
         let (logs, writer) = LogSink::spawn(store.clone());
-        let state = AppState::new(config, store, logs, admin_key_digest).await?;
+        let (ledger, ledger_writer) =
+            crate::billing::ledger::Ledger::start(store.clone(), store.openings().await?);
+        let retention = config.logs.retention_days;
+        let state = AppState::new(config, store, logs, ledger, admin_key_digest).await?;
+        if retention > 0 {
+            tokio::spawn(prune_logs(state.store.clone(), retention));
+        }
         Ok(Gateway {
             state,
             writer,
+            ledger_writer,
             announcements,
         })
     }
@@ -127,9 +136,15 @@ impl Gateway {
             }
         };
         self.state.logs.flush().await;
-        let Gateway { state, writer, .. } = self;
+        let Gateway {
+            state,
+            writer,
+            ledger_writer,
+            ..
+        } = self;
         let store = state.store.clone();
         drop(state);
+        ledger_writer.finish().await;
         writer.finish().await;
         store.close().await;
         result
@@ -137,6 +152,23 @@ impl Gateway {
 }
 
 const ADMIN_KEY_SETTING: &str = "admin_key_digest";
+
+/// Deletes request logs past the retention, once at start and then hourly.
+async fn prune_logs(store: Store, retention_days: u64) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        ticker.tick().await;
+        let keep_ms = i64::try_from(retention_days.saturating_mul(86_400_000)).unwrap_or(i64::MAX);
+        match store
+            .delete_logs_before(crate::store::now_ms().saturating_sub(keep_ms))
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "pruned request logs past the retention"),
+            Err(e) => tracing::warn!(error = %e, "pruning request logs failed"),
+        }
+    }
+}
 
 /// The configured admin key, or the one generated (and shown once) on a fresh database.
 async fn admin_key(

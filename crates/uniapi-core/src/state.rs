@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::billing::ledger::Ledger;
+use crate::billing::limits::Limiter;
 use crate::catalog::{Catalog, HealthBook};
 use crate::config::Config;
 use crate::reqlog::LogSink;
@@ -20,6 +22,8 @@ pub struct Shared {
     pub health: HealthBook,
     pub upstream: Upstream,
     pub logs: LogSink,
+    pub ledger: Arc<Ledger>,
+    pub limiter: Limiter,
     /// SHA-256 of the admin key.
     pub admin_key_digest: String,
 }
@@ -36,6 +40,7 @@ impl AppState {
         config: Config,
         store: Store,
         logs: LogSink,
+        ledger: Arc<Ledger>,
         admin_key_digest: String,
     ) -> StoreResult<AppState> {
         let health = HealthBook::default();
@@ -48,6 +53,8 @@ impl AppState {
             health,
             upstream,
             logs,
+            ledger,
+            limiter: Limiter::default(),
             admin_key_digest,
         })))
     }
@@ -55,6 +62,8 @@ impl AppState {
     /// Rebuilds the in-memory catalog from the store: changes apply to the next request.
     pub async fn reload(&self) -> StoreResult<()> {
         let catalog = Catalog::load(&self.store, &self.health).await?;
+        // entries still queued would make stored balances look older than memory; memory stays authoritative
+        self.ledger.sync(self.store.openings().await?);
         self.catalog.store(Arc::new(catalog));
         Ok(())
     }

@@ -32,6 +32,9 @@ pub struct FaultRule {
     pub body: Option<Value>,
     /// `retry-after` header (seconds) on the injected error.
     pub retry_after: Option<u64>,
+    /// Answer without any usage (no `usage` object, no usage chunk), like upstreams that report none.
+    #[serde(default)]
+    pub no_usage: bool,
 }
 
 fn one() -> u32 {
@@ -102,6 +105,7 @@ pub struct HeaderKnobs {
     pub latency_ms: Option<u64>,
     pub chunks: Option<usize>,
     pub chunk_delay_ms: Option<u64>,
+    pub no_usage: bool,
 }
 
 impl HeaderKnobs {
@@ -123,6 +127,7 @@ impl HeaderKnobs {
             latency_ms: header_num(headers, "x-sandbox-latency-ms")?,
             chunks: header_num(headers, "x-sandbox-chunks")?,
             chunk_delay_ms: header_num(headers, "x-sandbox-chunk-delay-ms")?,
+            no_usage: headers.contains_key("x-sandbox-no-usage"),
         })
     }
 }
@@ -152,6 +157,8 @@ pub struct CallPlan {
     pub chunk_delay: Duration,
     pub cut_after: Option<usize>,
     pub fail: Option<ApiError>,
+    /// Leave usage out of the answer (chat completions).
+    pub no_usage: bool,
 }
 
 impl CallPlan {
@@ -183,6 +190,7 @@ impl CallPlan {
             ),
             cut_after: rule_cut.or(knobs.cut_after),
             fail: rule_fail.or(header_fail),
+            no_usage: rule.is_some_and(|r| r.no_usage) || knobs.no_usage,
         }
     }
 }
@@ -200,6 +208,7 @@ mod tests {
             latency_ms: None,
             body: None,
             retry_after: None,
+            no_usage: false,
         }
     }
 

@@ -144,6 +144,9 @@ kind = "openai"
 base_url = "{sandbox_url}/v1"
 keys = ["env:CLI_UPSTREAM_KEY"]
 models = ["gpt-4o-mini"]
+[prices."gpt-4o-mini"]
+input_per_mtok = 0.15
+output_per_mtok = 0.60
 [[users]]
 name = "cli"
 balance_usd = 1.0

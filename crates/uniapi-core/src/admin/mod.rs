@@ -47,9 +47,13 @@ pub fn routes(state: AppState) -> Router<AppState> {
             get(get_channel).patch(patch_channel).delete(delete_channel),
         )
         .route("/channels/{id}/test", post(test_channel))
+        .route("/users/{id}/credit", post(credit_user))
+        .route("/ledger/reconcile", get(reconcile))
+        .route("/stats", get(stats))
         .route("/prices", get(list_prices))
         .route("/prices/{*model}", put(put_price).delete(delete_price))
         .route("/logs", get(list_logs))
+        .route("/logs/{id}", get(get_log))
         .route_layer(middleware::from_fn_with_state(state, require_admin));
     Router::new()
         .nest("/admin", admin)
@@ -100,12 +104,18 @@ fn double_option<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
 
 // ---- users
 
-fn user_json(user: &UserRow) -> Value {
+/// A user with the live balance from the ledger (the stored one may lag by one flush).
+fn user_json(state: &AppState, user: &UserRow) -> Value {
+    let live = state.ledger.standing(user.id);
+    let balance = live.map_or(user.balance_nano, |s| s.balance_nano);
     json!({
         "id": user.id,
         "name": user.name,
-        "balance_usd": nano_to_usd(user.balance_nano),
-        "balance_nano": user.balance_nano,
+        "balance_usd": nano_to_usd(balance),
+        "balance_nano": balance,
+        "held_nano": live.map_or(0, |s| s.held_nano),
+        "used_usd": nano_to_usd(live.map_or(0, |s| s.used_nano)),
+        "used_nano": live.map_or(0, |s| s.used_nano),
         "enabled": user.enabled,
         "created_at": user.created_at / 1000,
     })
@@ -131,16 +141,17 @@ async fn create_user(State(state): State<AppState>, body: Bytes) -> AdminResult 
                 .with_param("balance_usd")
         })?;
     let user = state.store.create_user(new.name.trim(), balance).await?;
-    created(user_json(&user))
+    reload(&state).await?;
+    created(user_json(&state, &user))
 }
 
 async fn list_users(State(state): State<AppState>) -> AdminResult {
     let users = state.store.users().await?;
-    ok(json!({"data": users.iter().map(user_json).collect::<Vec<_>>()}))
+    ok(json!({"data": users.iter().map(|u| user_json(&state, u)).collect::<Vec<_>>()}))
 }
 
 async fn get_user(State(state): State<AppState>, Path(id): Path<i64>) -> AdminResult {
-    ok(user_json(&state.store.user(id).await?))
+    ok(user_json(&state, &state.store.user(id).await?))
 }
 
 #[derive(Deserialize)]
@@ -164,13 +175,99 @@ async fn patch_user(
         .update_user(id, patch.name.as_deref().map(str::trim), patch.enabled)
         .await?;
     reload(&state).await?;
-    ok(user_json(&user))
+    ok(user_json(&state, &user))
 }
 
 async fn delete_user(State(state): State<AppState>, Path(id): Path<i64>) -> AdminResult {
     state.store.delete_user(id).await?;
     reload(&state).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Credit {
+    amount_usd: f64,
+    note: Option<String>,
+    /// Idempotency: a credit id seen before is not applied again.
+    id: Option<String>,
+}
+
+/// Credits serialize so that an idempotent retry can never apply twice.
+static CREDITS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn credit_user(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    body: Bytes,
+) -> AdminResult {
+    let credit: Credit = parse(&body)?;
+    let amount = usd_to_nano(credit.amount_usd)
+        .filter(|n| *n != 0)
+        .ok_or_else(|| {
+            ApiError::invalid_request("`amount_usd` must be a non-zero number.")
+                .with_param("amount_usd")
+        })?;
+    let user = state.store.user(id).await?;
+    let _one_at_a_time = CREDITS.lock().await;
+    let credit_id = match credit.id {
+        Some(given) if given.trim().is_empty() => {
+            return Err(ApiError::invalid_request("`id` must not be empty.").with_param("id"));
+        }
+        Some(given) => format!("credit:{given}"),
+        None => format!("credit:{}", uuid::Uuid::now_v7()),
+    };
+    state.ledger.flush().await;
+    let seen = state
+        .store
+        .ledger_entries(user.id)
+        .await?
+        .into_iter()
+        .any(|(entry, _, _)| entry == credit_id);
+    if !seen {
+        state
+            .ledger
+            .credit(&credit_id, user.id, amount, credit.note)
+            .map_err(|_| {
+                ApiError::invalid_request("This debit would make the balance negative.")
+                    .with_param("amount_usd")
+            })?;
+        state.ledger.flush().await;
+    }
+    let mut body = user_json(&state, &user);
+    body["credit_id"] = Value::String(credit_id);
+    body["applied"] = Value::Bool(!seen);
+    ok(body)
+}
+
+/// Proves balances equal the sum of their ledger entries, in memory and in the store.
+async fn reconcile(State(state): State<AppState>) -> AdminResult {
+    state.ledger.flush().await;
+    let checks = state.store.balance_checks().await?;
+    let mut all_ok = true;
+    let users: Vec<Value> = checks
+        .iter()
+        .map(|c| {
+            let memory = state.ledger.standing(c.user_id).map(|s| s.balance_nano);
+            let ok = c.balance_nano == c.entries_nano && memory.is_none_or(|m| m == c.balance_nano);
+            all_ok &= ok;
+            json!({"user_id": c.user_id, "stored_nano": c.balance_nano, "entries_nano": c.entries_nano, "memory_nano": memory, "ok": ok})
+        })
+        .collect();
+    ok(json!({"ok": all_ok, "users": users}))
+}
+
+async fn stats(
+    State(state): State<AppState>,
+    query: Result<Query<crate::store::stats::StatsQuery>, axum::extract::rejection::QueryRejection>,
+) -> AdminResult {
+    let Query(query) = query
+        .map_err(|e| ApiError::invalid_request(format!("Invalid query: {}", e.body_text())))?;
+    let rows = state.store.stats(&query).await.map_err(|e| match e {
+        crate::store::StoreError::Conflict(message) => ApiError::invalid_request(message),
+        other => ApiError::from(other),
+    })?;
+    ok(json!({"data": rows}))
 }
 
 // ---- API keys
@@ -588,6 +685,21 @@ async fn delete_price(State(state): State<AppState>, Path(model): Path<String>) 
 }
 
 // ---- logs
+
+async fn get_log(State(state): State<AppState>, Path(id): Path<String>) -> AdminResult {
+    let filter = LogFilter {
+        id: Some(id.clone()),
+        ..Default::default()
+    };
+    let log = state
+        .store
+        .logs(&filter)
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::not_found("not_found", format!("request {id} not found")))?;
+    ok(serde_json::to_value(log).unwrap_or_default())
+}
 
 async fn list_logs(
     State(state): State<AppState>,

@@ -251,7 +251,7 @@ pub fn spec() -> Value {
     schemas.insert("ChannelPatch".into(), json!({"type": "object", "properties": {"name": string, "kind": string, "base_url": string, "keys": strings, "models": strings,
                     "model_map": {"type": "object", "additionalProperties": string}, "priority": integer, "weight": integer, "modes": {"type": ["array", "null"], "items": string}, "enabled": boolean}}));
     schemas.insert("Price".into(), json!({"type": "object", "description": "USD amounts", "properties": {"input_per_mtok": number, "output_per_mtok": number,
-                    "cached_input_per_mtok": number, "per_call": number, "per_image": number, "per_mchar": number, "per_audio_minute": number, "free": boolean}}));
+                    "cached_input_per_mtok": number, "per_call": number, "per_image": number, "per_mchar": number, "per_audio_minute": number, "free": boolean, "max_output_tokens": integer}}));
     schemas.insert("RequestLog".into(), json!({"type": "object", "properties": {"id": string, "created_at": integer, "user_id": integer, "key_id": integer, "method": string,
                     "path": string, "model": string, "upstream_model": string, "channel_id": integer, "status": integer, "stream": boolean,
                     "outcome": {"type": "string", "enum": ["complete", "client_gone", "upstream_cut", "failed", "rejected"]},

@@ -78,6 +78,24 @@ struct Sniff<'a> {
     input: Option<&'a RawValue>,
     #[serde(borrow, default)]
     voice: Option<&'a RawValue>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    #[serde(default)]
+    max_completion_tokens: Option<u64>,
+    #[serde(default)]
+    max_output_tokens: Option<u64>,
+    #[serde(default)]
+    n: Option<u64>,
+    #[serde(default)]
+    best_of: Option<u64>,
+    #[serde(borrow, default)]
+    stream_options: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize, Default)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
 }
 
 /// A JSON request body, kept as bytes, with where its `model` value sits.
@@ -86,6 +104,15 @@ pub struct JsonBody {
     pub bytes: Bytes,
     pub model: String,
     pub stream: bool,
+    /// `max_completion_tokens`, `max_tokens` or `max_output_tokens`, whichever the client set.
+    pub max_output_tokens: Option<u64>,
+    /// Completions generated per request (`n`, or `best_of` when larger).
+    pub choices: u64,
+    /// `stream_options.include_usage` as the client sent it.
+    pub include_usage: bool,
+    /// The `input` of a speech request, for pricing by characters.
+    pub speech_chars: u64,
+    has_stream_options: bool,
     /// Byte range of the `model` value (quotes included); `None` when the client left it to the default.
     model_span: Option<Range<usize>>,
 }
@@ -132,12 +159,58 @@ impl JsonBody {
             return Err(ApiError::invalid_request("`model` must not be empty.").with_param("model"));
         }
         let stream = sniff.stream.unwrap_or(false);
+        let include_usage = sniff
+            .stream_options
+            .and_then(|raw| serde_json::from_str::<StreamOptions>(raw.get()).ok())
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false);
+        let speech_chars = sniff
+            .input
+            .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
+            .map_or(0, |text| text.chars().count() as u64);
         Ok(JsonBody {
+            max_output_tokens: sniff
+                .max_completion_tokens
+                .or(sniff.max_tokens)
+                .or(sniff.max_output_tokens),
+            choices: sniff.n.unwrap_or(1).max(sniff.best_of.unwrap_or(1)).max(1),
+            include_usage,
+            speech_chars,
+            has_stream_options: sniff.stream_options.is_some_and(|r| r.get() != "null"),
             bytes,
             model,
             stream,
             model_span,
         })
+    }
+
+    /// The same request asking the upstream for a usage chunk at the end of its stream, so that uniapi
+    /// bills from the upstream's own count. Only the `stream_options` member changes.
+    pub fn with_stream_usage(
+        self,
+        required: &[&str],
+        default_model: Option<&str>,
+    ) -> Result<JsonBody, ApiError> {
+        if self.include_usage {
+            return Ok(self);
+        }
+        let bytes = if self.has_stream_options {
+            // rare: the client sent stream_options without include_usage; rewrite that member only
+            let mut value: serde_json::Value =
+                serde_json::from_slice(&self.bytes).map_err(ApiError::invalid_json)?;
+            value["stream_options"]["include_usage"] = serde_json::Value::Bool(true);
+            Bytes::from(serde_json::to_vec(&value).map_err(ApiError::invalid_json)?)
+        } else {
+            let open = self.bytes.iter().position(|b| *b == b'{').unwrap_or(0);
+            let mut out = BytesMut::with_capacity(self.bytes.len() + 48);
+            out.extend_from_slice(&self.bytes[..=open]);
+            out.extend_from_slice(br#""stream_options":{"include_usage":true},"#);
+            out.extend_from_slice(&self.bytes[open + 1..]);
+            out.freeze()
+        };
+        let mut parsed = JsonBody::parse(bytes, required, default_model)?;
+        parsed.include_usage = false;
+        Ok(parsed)
     }
 
     /// The body to send upstream: unchanged when the upstream name is the requested one (and was given),

@@ -12,6 +12,7 @@
 pub mod body;
 pub mod openai;
 mod passthrough;
+pub mod platform;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use rand::Rng;
 
+use crate::billing::bill::Bill;
 use crate::catalog::{ApiKey, Channel, UpstreamKey, mask_secret};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -39,6 +41,8 @@ pub struct Outbound {
     pub content_type: Option<HeaderValue>,
     pub accept: Option<HeaderValue>,
     pub sse: SseStyle,
+    /// Remove the usage chunk uniapi asked the upstream for: the client did not ask for it.
+    pub strip_usage: bool,
     pub body: OutboundBody,
 }
 
@@ -106,6 +110,12 @@ impl CallContext {
             latency_ms: elapsed_ms(self.started),
             ttfb_ms: None,
             error,
+            input_tokens: 0,
+            cached_tokens: 0,
+            output_tokens: 0,
+            reasoning_tokens: 0,
+            cost_nano: 0,
+            cost_detail: None,
         }
     }
 
@@ -114,7 +124,15 @@ impl CallContext {
         state
             .logs
             .record(self.log(model, error.status, "rejected", Some(error.message.clone())));
-        with_request_id(error.into_response(), &self.id)
+        let limited = error.code == Some("rate_limit_exceeded");
+        let mut response = error.into_response();
+        if limited {
+            crate::billing::bill::rate_limit_headers(
+                crate::billing::limits::Limiter::exhausted(self.key.limits),
+                response.headers_mut(),
+            );
+        }
+        with_request_id(response, &self.id)
     }
 }
 
@@ -176,7 +194,7 @@ struct Failure {
 }
 
 /// An upstream answer the client will get: head received and first body bytes in hand.
-struct Answer {
+pub(crate) struct Answer {
     response: reqwest::Response,
     first: Option<Bytes>,
 }
@@ -268,11 +286,12 @@ fn describe_transport(e: &reqwest::Error) -> String {
 }
 
 /// Tries the candidates for `out.model` and answers with the first usable upstream response.
-pub async fn relay(state: &AppState, ctx: CallContext, out: Outbound) -> Response {
+pub async fn relay(state: &AppState, ctx: CallContext, out: Outbound, bill: Bill) -> Response {
     let catalog = state.catalog.load();
     let candidates = order_candidates(catalog.channels_for(&out.model), now_ms());
     drop(catalog);
     if candidates.is_empty() {
+        bill.release();
         return ctx.reject(
             state,
             Some(&out.model),
@@ -280,6 +299,7 @@ pub async fn relay(state: &AppState, ctx: CallContext, out: Outbound) -> Respons
         );
     }
     let routing = &state.config.routing;
+    let limits = bill.remaining();
     let mut attempts: Vec<Attempt> = Vec::new();
     let mut all_rate_limited = true;
     let mut retry_after: Option<u64> = None;
@@ -317,14 +337,10 @@ pub async fn relay(state: &AppState, ctx: CallContext, out: Outbound) -> Respons
                 log.stream = out.stream;
                 log.attempts = attempts;
                 log.ttfb_ms = Some(elapsed_ms(ctx.started));
-                let response = passthrough::respond(
-                    state.logs.clone(),
-                    ctx.started,
-                    log,
-                    answer.response,
-                    answer.first,
-                    out.sse,
-                );
+                let mut response =
+                    passthrough::respond(state.logs.clone(), ctx.started, log, answer, &out, bill)
+                        .await;
+                crate::billing::bill::rate_limit_headers(limits, response.headers_mut());
                 return with_request_id(response, &ctx.id);
             }
             Err(failure) => {
@@ -371,6 +387,7 @@ pub async fn relay(state: &AppState, ctx: CallContext, out: Outbound) -> Respons
             ),
         )
     };
+    bill.release();
     let mut log = ctx.log(
         Some(&out.model),
         error.status,

@@ -11,6 +11,10 @@ use serde_json::json;
 use super::body::{FormBody, JsonBody, read_limited, require_json, require_multipart};
 use super::{CallContext, Outbound, OutboundBody, SseStyle, relay};
 use crate::auth;
+use crate::billing::Units;
+use crate::billing::bill::{Ask, Bill, Measure, audio_ms_from_bytes};
+use crate::billing::meter::Protocol;
+use crate::billing::tokens::estimate_prompt_tokens;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -19,6 +23,7 @@ struct JsonRoute {
     required: &'static [&'static str],
     default_model: Option<&'static str>,
     sse: SseStyle,
+    measure: Measure,
 }
 
 const CHAT: JsonRoute = JsonRoute {
@@ -26,42 +31,49 @@ const CHAT: JsonRoute = JsonRoute {
     required: &["messages"],
     default_model: None,
     sse: SseStyle::DataOnly,
+    measure: Measure::Tokens(Protocol::ChatCompletions),
 };
 const COMPLETIONS: JsonRoute = JsonRoute {
     path: "/v1/completions",
     required: &["prompt"],
     default_model: None,
     sse: SseStyle::DataOnly,
+    measure: Measure::Tokens(Protocol::Completions),
 };
 const EMBEDDINGS: JsonRoute = JsonRoute {
     path: "/v1/embeddings",
     required: &["input"],
     default_model: None,
     sse: SseStyle::None,
+    measure: Measure::Input,
 };
 const MODERATIONS: JsonRoute = JsonRoute {
     path: "/v1/moderations",
     required: &["input"],
     default_model: Some("omni-moderation-latest"),
     sse: SseStyle::None,
+    measure: Measure::Input,
 };
 const IMAGE_GENERATIONS: JsonRoute = JsonRoute {
     path: "/v1/images/generations",
     required: &["prompt"],
     default_model: Some("dall-e-2"),
     sse: SseStyle::DataOnly,
+    measure: Measure::Images,
 };
 const SPEECH: JsonRoute = JsonRoute {
     path: "/v1/audio/speech",
     required: &["input", "voice"],
     default_model: None,
     sse: SseStyle::None,
+    measure: Measure::Speech,
 };
 const RESPONSES: JsonRoute = JsonRoute {
     path: "/v1/responses",
     required: &[],
     default_model: None,
     sse: SseStyle::Typed,
+    measure: Measure::Tokens(Protocol::Responses),
 };
 
 /// Largest audio file OpenAI accepts for transcription and translation.
@@ -144,6 +156,69 @@ fn check_model(ctx: &CallContext, model: &str) -> Result<(), ApiError> {
     }
 }
 
+/// A refusal before any upstream call, with the model when the body got far enough to name one.
+struct Rejected {
+    model: Option<String>,
+    error: ApiError,
+}
+
+impl From<ApiError> for Rejected {
+    fn from(error: ApiError) -> Self {
+        Rejected { model: None, error }
+    }
+}
+
+/// A model no enabled channel serves is 404 before any price or balance is looked at.
+fn check_served(state: &AppState, model: &str) -> Result<(), ApiError> {
+    if state.catalog.load().channels_for(model).is_empty() {
+        Err(ApiError::model_not_found(model))
+    } else {
+        Ok(())
+    }
+}
+
+/// What a JSON request asks for: its input tokens (counted with the model's tokenizer), its output limit,
+/// its images or characters.
+fn json_ask(route: &JsonRoute, json: &JsonBody) -> Ask {
+    let input_tokens = || estimate_prompt_tokens(&json.model, &json.bytes);
+    match route.measure {
+        Measure::Tokens(protocol) => Ask {
+            units: Units {
+                input_tokens: input_tokens(),
+                ..Default::default()
+            },
+            token_output: true,
+            // the legacy completions endpoint generates 16 tokens when not told otherwise
+            max_output_tokens: json
+                .max_output_tokens
+                .or((protocol == Protocol::Completions).then_some(16)),
+            choices: json.choices,
+        },
+        Measure::Input => Ask {
+            units: Units {
+                input_tokens: input_tokens(),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        Measure::Images => Ask {
+            units: Units {
+                images: json.choices,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        Measure::Speech => Ask {
+            units: Units {
+                chars: json.speech_chars,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        Measure::Transcription => Ask::default(),
+    }
+}
+
 fn path_and_query(route_path: &str, request: &Request) -> String {
     match request.uri().query() {
         Some(q) => format!("{route_path}?{q}"),
@@ -166,23 +241,45 @@ async fn json_route(
         let accept = request.headers().get(header::ACCEPT).cloned();
         let (parts, body) = request.into_parts();
         let bytes = read_limited(body, &parts.headers, state.config.max_body_bytes()).await?;
-        let json = JsonBody::parse(bytes, route.required, route.default_model)?;
-        check_model(&ctx, &json.model)?;
-        Ok::<Outbound, ApiError>(Outbound {
-            method: Method::POST,
-            path_and_query: target,
-            model: json.model.clone(),
-            stream: json.stream,
-            content_type: Some(header::HeaderValue::from_static("application/json")),
-            accept,
-            sse: route.sse,
-            body: OutboundBody::Json(json),
-        })
+        let mut json = JsonBody::parse(bytes, route.required, route.default_model)?;
+        let about = |error: ApiError| Rejected {
+            model: Some(json.model.clone()),
+            error,
+        };
+        check_model(&ctx, &json.model).map_err(about)?;
+        check_served(&state, &json.model).map_err(about)?;
+        let ask = json_ask(route, &json);
+        let bill = Bill::admit(&state, &ctx.key, &ctx.id, &json.model, route.measure, ask)
+            .map_err(about)?;
+        // bill from the upstream's own count: ask for the usage chunk, and hide it if the client did not
+        let metered_stream = json.stream
+            && matches!(
+                route.measure,
+                Measure::Tokens(Protocol::ChatCompletions | Protocol::Completions)
+            );
+        let strip_usage = metered_stream && !json.include_usage;
+        if strip_usage {
+            json = json.with_stream_usage(route.required, route.default_model)?;
+        }
+        Ok::<(Outbound, Bill), Rejected>((
+            Outbound {
+                method: Method::POST,
+                path_and_query: target,
+                model: json.model.clone(),
+                stream: json.stream,
+                content_type: Some(header::HeaderValue::from_static("application/json")),
+                accept,
+                sse: route.sse,
+                strip_usage,
+                body: OutboundBody::Json(json),
+            },
+            bill,
+        ))
     }
     .await;
     match prepared {
-        Ok(out) => relay(&state, ctx, out).await,
-        Err(error) => ctx.reject(&state, None, error),
+        Ok((out, bill)) => relay(&state, ctx, out, bill).await,
+        Err(Rejected { model, error }) => ctx.reject(&state, model.as_deref(), error),
     }
 }
 
@@ -208,6 +305,41 @@ impl FormKind {
         match self {
             FormKind::ImageEdit | FormKind::ImageVariation => Some("dall-e-2"),
             FormKind::Transcription | FormKind::Translation => None,
+        }
+    }
+
+    /// How the upload is priced: images by count, audio by its duration (estimated from the file size).
+    fn ask(self, form: &FormBody) -> (Measure, Ask) {
+        match self {
+            FormKind::ImageEdit | FormKind::ImageVariation => {
+                let n = form
+                    .text("n")
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+                    .unwrap_or(1);
+                (
+                    Measure::Images,
+                    Ask {
+                        units: Units {
+                            images: n,
+                            ..Default::default()
+                        },
+                        ..Default::default()
+                    },
+                )
+            }
+            FormKind::Transcription | FormKind::Translation => {
+                let bytes = form.field("file").map_or(0, |f| f.data.len());
+                (
+                    Measure::Transcription,
+                    Ask {
+                        units: Units {
+                            audio_ms: audio_ms_from_bytes(bytes),
+                            ..Default::default()
+                        },
+                        ..Default::default()
+                    },
+                )
+            }
         }
     }
 
@@ -323,24 +455,36 @@ async fn form_route(State(state): State<AppState>, request: Request, kind: FormK
         let (parts, body) = request.into_parts();
         let bytes = read_limited(body, &parts.headers, state.config.max_body_bytes()).await?;
         let form = FormBody::parse(bytes, boundary, kind.default_model()).await?;
-        kind.validate(&form)?;
-        check_model(&ctx, &form.model)?;
+        let about = |error: ApiError| Rejected {
+            model: Some(form.model.clone()),
+            error,
+        };
+        kind.validate(&form).map_err(about)?;
+        check_model(&ctx, &form.model).map_err(about)?;
+        check_served(&state, &form.model).map_err(about)?;
         let stream = form.text("stream").is_some_and(|s| s.trim() == "true");
-        Ok::<Outbound, ApiError>(Outbound {
-            method: Method::POST,
-            path_and_query: target,
-            model: form.model.clone(),
-            stream,
-            content_type,
-            accept,
-            sse: SseStyle::None,
-            body: OutboundBody::Form(form),
-        })
+        let (measure, ask) = kind.ask(&form);
+        let bill =
+            Bill::admit(&state, &ctx.key, &ctx.id, &form.model, measure, ask).map_err(about)?;
+        Ok::<(Outbound, Bill), Rejected>((
+            Outbound {
+                method: Method::POST,
+                path_and_query: target,
+                model: form.model.clone(),
+                stream,
+                content_type,
+                accept,
+                sse: SseStyle::None,
+                strip_usage: false,
+                body: OutboundBody::Form(form),
+            },
+            bill,
+        ))
     }
     .await;
     match prepared {
-        Ok(out) => relay(&state, ctx, out).await,
-        Err(error) => ctx.reject(&state, None, error),
+        Ok((out, bill)) => relay(&state, ctx, out, bill).await,
+        Err(Rejected { model, error }) => ctx.reject(&state, model.as_deref(), error),
     }
 }
 

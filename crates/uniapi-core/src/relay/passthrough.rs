@@ -14,8 +14,17 @@ use futures_util::Stream;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 
+use crate::billing::bill::Bill;
+use crate::billing::meter::StreamMeter;
+use crate::billing::{Charge, usd_string};
 use crate::reqlog::LogSink;
 use crate::store::logs::RequestLog;
+
+use super::{Answer, Outbound};
+
+/// Non-stream answers are read whole to price them before the head is sent (the cost goes in a header);
+/// past this size the rest is streamed and the reserved estimate is captured instead.
+const MAX_BUFFERED: usize = 64 * 1024 * 1024;
 
 /// How a server-sent-event stream of this route reports an error after it has started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,16 +55,33 @@ fn cut_event(style: SseStyle, at_boundary: bool) -> Option<Bytes> {
     Some(Bytes::from(event))
 }
 
-/// Records the request log when the response body ends or is dropped.
+/// Copies a capture into the request log.
+pub fn log_charge(log: &mut RequestLog, charge: &Charge) {
+    log.input_tokens = charge.units.input_tokens;
+    log.cached_tokens = charge.units.cached_input_tokens;
+    log.output_tokens = charge.units.output_tokens;
+    log.reasoning_tokens = charge.units.reasoning_tokens;
+    log.cost_nano = charge.cost_nano;
+    log.cost_detail = serde_json::to_value(charge).ok();
+}
+
+/// Captures the bill and records the request log once, when the response body ends or is dropped.
 struct Finish {
     sink: LogSink,
     started: Instant,
     log: Option<RequestLog>,
+    bill: Option<Bill>,
+    meter: Option<StreamMeter>,
 }
 
 impl Finish {
     fn done(&mut self, outcome: &str, error: Option<String>) {
         if let Some(mut log) = self.log.take() {
+            if let Some(bill) = self.bill.take() {
+                let (units, basis) = bill.measure_stream(self.meter.as_ref());
+                let charge = bill.capture(units, basis);
+                log_charge(&mut log, &charge);
+            }
             log.outcome = outcome.to_string();
             log.error = error;
             log.latency_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -108,47 +134,107 @@ impl Stream for PassThrough {
             return Poll::Ready(None);
         }
         if let Some(first) = self.first.take() {
-            self.note(&first);
-            return Poll::Ready(Some(Ok(first)));
+            let out = self.meter_feed(&first);
+            self.note(&out);
+            if !out.is_empty() {
+                return Poll::Ready(Some(Ok(out)));
+            }
         }
-        match self.rest.poll_next_unpin(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(chunk))) => {
-                self.note(&chunk);
-                Poll::Ready(Some(Ok(chunk)))
-            }
-            Poll::Ready(None) => {
-                self.ended = true;
-                self.finish.done("complete", None);
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(Err(e))) => {
-                self.ended = true;
-                let reason = if e.is_timeout() {
-                    "the upstream went silent mid-stream"
-                } else {
-                    "the upstream broke the stream"
-                };
-                self.finish.done("upstream_cut", Some(reason.into()));
-                match cut_event(self.sse, self.at_boundary) {
-                    // end the event stream cleanly with an error event the client can read
-                    Some(event) => Poll::Ready(Some(Ok(event))),
-                    // a plain body cannot say so: abort it, so the client sees a truncated transfer
-                    None => Poll::Ready(Some(Err(std::io::Error::other(reason)))),
+        loop {
+            match self.rest.poll_next_unpin(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(chunk))) => {
+                    let out = self.meter_feed(&chunk);
+                    self.note(&out);
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(out)));
+                    }
+                }
+                Poll::Ready(None) => {
+                    self.ended = true;
+                    let tail = self
+                        .finish
+                        .meter
+                        .as_mut()
+                        .map(StreamMeter::finish)
+                        .unwrap_or_default();
+                    self.finish.done("complete", None);
+                    return Poll::Ready(if tail.is_empty() {
+                        None
+                    } else {
+                        Some(Ok(tail))
+                    });
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    self.ended = true;
+                    let reason = if e.is_timeout() {
+                        "the upstream went silent mid-stream"
+                    } else {
+                        "the upstream broke the stream"
+                    };
+                    self.finish.done("upstream_cut", Some(reason.into()));
+                    return match cut_event(self.sse, self.at_boundary) {
+                        // end the event stream cleanly with an error event the client can read
+                        Some(event) => Poll::Ready(Some(Ok(event))),
+                        // a plain body cannot say so: abort it, so the client sees a truncated transfer
+                        None => Poll::Ready(Some(Err(std::io::Error::other(reason)))),
+                    };
                 }
             }
         }
     }
 }
 
-pub fn respond(
-    sink: LogSink,
-    started: Instant,
-    log: RequestLog,
-    upstream: reqwest::Response,
+impl PassThrough {
+    fn meter_feed(&mut self, chunk: &Bytes) -> Bytes {
+        match self.finish.meter.as_mut() {
+            Some(meter) => meter.feed(chunk),
+            None => chunk.clone(),
+        }
+    }
+}
+
+fn stream_response(
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
     first: Option<Bytes>,
+    rest: BoxStream<'static, reqwest::Result<Bytes>>,
+    remaining: Option<u64>,
+    finish: Finish,
     sse: SseStyle,
 ) -> Response {
+    let mut stream = PassThrough {
+        first,
+        rest,
+        finish,
+        sse,
+        at_boundary: true,
+        remaining,
+        ended: false,
+    };
+    if stream.remaining == Some(0) {
+        stream.finish.done("complete", None);
+    }
+    let mut response = Response::new(Body::from_stream(stream));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
+}
+
+/// Answers the client from an upstream answer: event streams pass through as they arrive, metered;
+/// other successful answers are read whole, priced, and sent with their cost; failures pass through free.
+pub async fn respond(
+    sink: LogSink,
+    started: Instant,
+    mut log: RequestLog,
+    answer: Answer,
+    out: &Outbound,
+    bill: Bill,
+) -> Response {
+    let Answer {
+        response: upstream,
+        first,
+    } = answer;
     let status =
         StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let is_event_stream = upstream
@@ -159,23 +245,111 @@ pub fn respond(
     let mut headers = axum::http::HeaderMap::new();
     super::copy_headers(upstream.headers(), &mut headers);
     let remaining = upstream.content_length();
-    let mut stream = PassThrough {
-        first,
-        rest: upstream.bytes_stream().boxed(),
-        finish: Finish {
+    if !status.is_success() {
+        bill.release();
+        let finish = Finish {
             sink,
             started,
             log: Some(log),
-        },
-        sse: if is_event_stream { sse } else { SseStyle::None },
-        at_boundary: true,
-        remaining,
-        ended: false,
-    };
-    if stream.remaining == Some(0) {
-        stream.finish.done("complete", None);
+            bill: None,
+            meter: None,
+        };
+        return stream_response(
+            status,
+            headers,
+            first,
+            upstream.bytes_stream().boxed(),
+            remaining,
+            finish,
+            SseStyle::None,
+        );
     }
-    let mut response = Response::new(Body::from_stream(stream));
+    if is_event_stream {
+        let meter = bill.stream_meter(out.strip_usage);
+        let finish = Finish {
+            sink,
+            started,
+            log: Some(log),
+            bill: Some(bill),
+            meter,
+        };
+        return stream_response(
+            status,
+            headers,
+            first,
+            upstream.bytes_stream().boxed(),
+            None,
+            finish,
+            out.sse,
+        );
+    }
+    let mut upstream = upstream;
+    let mut body = bytes::BytesMut::new();
+    if let Some(first) = first {
+        body.extend_from_slice(&first);
+    }
+    loop {
+        if body.len() > MAX_BUFFERED {
+            tracing::warn!(
+                bytes = body.len(),
+                "an upstream answer is too large to price from its body; capturing the estimate"
+            );
+            headers.remove(axum::http::header::CONTENT_LENGTH);
+            let finish = Finish {
+                sink,
+                started,
+                log: Some(log),
+                bill: Some(bill),
+                meter: None,
+            };
+            return stream_response(
+                status,
+                headers,
+                Some(body.freeze()),
+                upstream.bytes_stream().boxed(),
+                None,
+                finish,
+                SseStyle::None,
+            );
+        }
+        match upstream.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) => break,
+            Err(_) => {
+                // nothing reached the client: it pays nothing
+                bill.release();
+                let error = crate::error::ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_error",
+                    Some("upstream_broken_answer"),
+                    "The upstream provider broke its answer before it was complete. Nothing was charged.",
+                );
+                log.status = error.status.as_u16();
+                log.outcome = "upstream_cut".into();
+                log.error = Some(error.message.clone());
+                log.latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                sink.record(log);
+                return axum::response::IntoResponse::into_response(error);
+            }
+        }
+    }
+    let body = body.freeze();
+    let (units, basis) = bill.measure_body(&body);
+    let charge = bill.capture(units, basis);
+    log_charge(&mut log, &charge);
+    log.latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    sink.record(log);
+    if let Ok(value) = axum::http::HeaderValue::from_str(&usd_string(charge.cost_nano)) {
+        headers.insert(
+            axum::http::HeaderName::from_static("x-uniapi-cost-usd"),
+            value,
+        );
+    }
+    headers.insert(
+        axum::http::header::CONTENT_LENGTH,
+        axum::http::HeaderValue::from(body.len()),
+    );
+    let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     response

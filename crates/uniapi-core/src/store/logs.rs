@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use sqlx::Row;
+
 use super::{Store, StoreResult, safe, with_pool};
 
 /// One channel attempt of a request, and why it failed if it did.
@@ -35,10 +37,24 @@ pub struct RequestLog {
     pub latency_ms: u64,
     pub ttfb_ms: Option<u64>,
     pub error: Option<String>,
+    #[serde(default)]
+    pub input_tokens: u64,
+    #[serde(default)]
+    pub cached_tokens: u64,
+    #[serde(default)]
+    pub output_tokens: u64,
+    #[serde(default)]
+    pub reasoning_tokens: u64,
+    #[serde(default)]
+    pub cost_nano: i64,
+    /// The price breakdown: units, how they were known, the price applied.
+    #[serde(default)]
+    pub cost_detail: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct LogFilter {
+    pub id: Option<String>,
     pub user_id: Option<i64>,
     pub key_id: Option<i64>,
     pub model: Option<String>,
@@ -57,47 +73,50 @@ enum Param {
     Text(String),
 }
 
-type LogTuple = (
-    String,
-    i64,
-    Option<i64>,
-    Option<i64>,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<i64>,
-    i64,
-    bool,
-    String,
-    String,
-    i64,
-    Option<i64>,
-    Option<String>,
-);
-
 const LOG_COLUMNS: &str = "id, created_at, user_id, key_id, method, path, model, upstream_model, channel_id, status, \
-                           stream, outcome, attempts, latency_ms, ttfb_ms, error";
+                           stream, outcome, attempts, latency_ms, ttfb_ms, error, input_tokens, cached_tokens, output_tokens, \
+                           reasoning_tokens, cost_nano, cost_detail";
 
-fn log_from(t: LogTuple) -> RequestLog {
-    RequestLog {
-        id: t.0,
-        created_at: t.1,
-        user_id: t.2,
-        key_id: t.3,
-        method: t.4,
-        path: t.5,
-        model: t.6,
-        upstream_model: t.7,
-        channel_id: t.8,
-        status: u16::try_from(t.9).unwrap_or(0),
-        stream: t.10,
-        outcome: t.11,
-        attempts: serde_json::from_str(&t.12).unwrap_or_default(),
-        latency_ms: u64::try_from(t.13).unwrap_or(0),
-        ttfb_ms: t.14.and_then(|v| u64::try_from(v).ok()),
-        error: t.15,
-    }
+fn unsigned(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn signed(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Decodes a log row of either dialect (the macro expands it once per row type).
+macro_rules! log_from_row {
+    ($row:expr) => {{
+        let row = $row;
+        let attempts: String = row.try_get("attempts")?;
+        let detail: Option<String> = row.try_get("cost_detail")?;
+        let ttfb: Option<i64> = row.try_get("ttfb_ms")?;
+        RequestLog {
+            id: row.try_get("id")?,
+            created_at: row.try_get("created_at")?,
+            user_id: row.try_get("user_id")?,
+            key_id: row.try_get("key_id")?,
+            method: row.try_get("method")?,
+            path: row.try_get("path")?,
+            model: row.try_get("model")?,
+            upstream_model: row.try_get("upstream_model")?,
+            channel_id: row.try_get("channel_id")?,
+            status: u16::try_from(row.try_get::<i64, _>("status")?).unwrap_or(0),
+            stream: row.try_get("stream")?,
+            outcome: row.try_get("outcome")?,
+            attempts: serde_json::from_str(&attempts).unwrap_or_default(),
+            latency_ms: unsigned(row.try_get("latency_ms")?),
+            ttfb_ms: ttfb.map(unsigned),
+            error: row.try_get("error")?,
+            input_tokens: unsigned(row.try_get("input_tokens")?),
+            cached_tokens: unsigned(row.try_get("cached_tokens")?),
+            output_tokens: unsigned(row.try_get("output_tokens")?),
+            reasoning_tokens: unsigned(row.try_get("reasoning_tokens")?),
+            cost_nano: row.try_get("cost_nano")?,
+            cost_detail: detail.and_then(|d| serde_json::from_str(&d).ok()),
+        }
+    }};
 }
 
 impl Store {
@@ -112,18 +131,29 @@ impl Store {
                 let attempts = serde_json::to_string(&log.attempts).unwrap_or_else(|_| "[]".into());
                 sqlx::query(
                     "INSERT INTO request_logs (id, created_at, user_id, key_id, method, path, model, upstream_model, channel_id, \
-                     status, stream, outcome, attempts, latency_ms, ttfb_ms, error) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) ON CONFLICT (id) DO NOTHING")
+                     status, stream, outcome, attempts, latency_ms, ttfb_ms, error, input_tokens, cached_tokens, output_tokens, \
+                     reasoning_tokens, cost_nano, cost_detail) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22) \
+                     ON CONFLICT (id) DO NOTHING")
                     .bind(&log.id).bind(log.created_at).bind(log.user_id).bind(log.key_id).bind(&log.method)
                     .bind(&log.path).bind(&log.model).bind(&log.upstream_model).bind(log.channel_id)
                     .bind(i64::from(log.status)).bind(log.stream).bind(&log.outcome).bind(attempts)
                     .bind(i64::try_from(log.latency_ms).unwrap_or(i64::MAX))
                     .bind(log.ttfb_ms.and_then(|v| i64::try_from(v).ok())).bind(&log.error)
+                    .bind(signed(log.input_tokens)).bind(signed(log.cached_tokens)).bind(signed(log.output_tokens))
+                    .bind(signed(log.reasoning_tokens)).bind(log.cost_nano)
+                    .bind(log.cost_detail.as_ref().map(|d| d.to_string()))
                     .execute(&mut *tx).await?;
             }
             tx.commit().await?;
         });
         Ok(())
+    }
+
+    pub async fn delete_logs_before(&self, before_ms: i64) -> StoreResult<u64> {
+        let n = with_pool!(self, pool =>
+            sqlx::query("DELETE FROM request_logs WHERE created_at < $1").bind(before_ms).execute(pool).await?.rows_affected());
+        Ok(n)
     }
 
     /// Newest first.
@@ -134,6 +164,9 @@ impl Store {
             params.push(value);
             clauses.push(format!("{column} {op} ${}", params.len()));
         };
+        if let Some(v) = &filter.id {
+            add("id", "=", Param::Text(v.clone()));
+        }
         if let Some(v) = filter.user_id {
             add("user_id", "=", Param::Int(v));
         }
@@ -165,16 +198,21 @@ impl Store {
         let sql = format!(
             "SELECT {LOG_COLUMNS} FROM request_logs {where_clause} ORDER BY created_at DESC, id DESC LIMIT {limit} OFFSET {offset}"
         );
-        let rows: Vec<LogTuple> = with_pool!(self, pool => {
-            let mut query = sqlx::query_as(safe(&sql));
+        let logs: Vec<RequestLog> = with_pool!(self, pool => {
+            let mut query = sqlx::query(safe(&sql));
             for param in &params {
                 query = match param {
                     Param::Int(v) => query.bind(*v),
                     Param::Text(v) => query.bind(v.as_str()),
                 };
             }
-            query.fetch_all(pool).await?
+            let rows = query.fetch_all(pool).await?;
+            let mut logs = Vec::with_capacity(rows.len());
+            for row in &rows {
+                logs.push(log_from_row!(row));
+            }
+            logs
         });
-        Ok(rows.into_iter().map(log_from).collect())
+        Ok(logs)
     }
 }

@@ -1,8 +1,10 @@
 //! Durable state on SQLite or PostgreSQL from one codebase: the same statements run on both pools
 //! (`$N` placeholders work on both), and each dialect has its own migration files.
 
+pub mod ledger;
 pub mod logs;
 mod migrate;
+pub mod stats;
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -298,13 +300,24 @@ impl Store {
 
     // ---- users
 
+    /// Creates a user; an opening balance is written as the user's first ledger entry.
     pub async fn create_user(&self, name: &str, balance_nano: i64) -> StoreResult<UserRow> {
         let sql = format!(
             "INSERT INTO users (name, balance_nano, enabled, created_at) VALUES ($1, $2, TRUE, $3) RETURNING {USER_COLUMNS}"
         );
-        let row: UserTuple = with_pool!(self, pool => sqlx::query_as(safe(&sql))
-            .bind(name).bind(balance_nano).bind(now_ms()).fetch_one(pool).await)
-        .map_err(|e| conflict_or(e, || format!("a user named `{name}` already exists")))?;
+        let now = now_ms();
+        let row: UserTuple = with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let row: UserTuple = sqlx::query_as(safe(&sql)).bind(name).bind(balance_nano).bind(now).fetch_one(&mut *tx).await
+                .map_err(|e| conflict_or(e, || format!("a user named `{name}` already exists")))?;
+            if balance_nano != 0 {
+                sqlx::query("INSERT INTO ledger_entries (id, user_id, key_id, kind, amount_nano, cache_nano, note, created_at) \
+                             VALUES ($1, $2, NULL, 'credit', $3, 0, 'opening balance', $4)")
+                    .bind(format!("open:{}", row.0)).bind(row.0).bind(balance_nano).bind(now).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            row
+        });
         Ok(row.into())
     }
 

@@ -3,6 +3,7 @@
 //! upstreams, a temporary SQLite store (and PostgreSQL when `UNIAPI_TEST_POSTGRES_URL` is set).
 
 mod admin;
+mod billing;
 mod errors;
 mod failover;
 mod routing;

@@ -9,6 +9,11 @@ use uniapi_core::store::{ChannelSpec, KeyLimits, Store, StoreError};
 
 use crate::support::*;
 
+/// Database URLs for a test that runs on every backend.
+pub async fn store_urls() -> Vec<String> {
+    stores().await.into_iter().map(|(_, url)| url).collect()
+}
+
 /// A fresh database per call: a temp SQLite file, or a new schema in the PostgreSQL test database.
 async fn stores() -> Vec<(String, String)> {
     let mut urls = vec![("sqlite".to_string(), temp_sqlite_url())];
@@ -208,6 +213,12 @@ async fn store_round_trips_on_every_backend() {
             latency_ms: 10,
             ttfb_ms: Some(2),
             error: None,
+            input_tokens: 12,
+            cached_tokens: 3,
+            output_tokens: 40,
+            reasoning_tokens: 7,
+            cost_nano: 12_345,
+            cost_detail: Some(serde_json::json!({"basis": "reported"})),
         };
         store
             .insert_logs(&[log("a", 1, 200), log("b", 2, 500), log("a", 1, 200)])

@@ -117,6 +117,16 @@ pub fn config(channels: Vec<ChannelConfig>) -> Config {
             ..Default::default()
         },
     );
+    // the other models the tests route, priced so that they are served
+    for model in ["gpt-4o", "my-alias", "alias", "dall-e-2", "whisper-1"] {
+        config.prices.insert(
+            model.into(),
+            PriceConfig {
+                per_call: Some(0.001),
+                ..Default::default()
+            },
+        );
+    }
     config.users = vec![UserConfig {
         name: "alice".into(),
         balance_usd: 10.0,

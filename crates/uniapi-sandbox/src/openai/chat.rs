@@ -151,7 +151,7 @@ pub async fn create(Extension(call): Extension<Arc<Call>>) -> Result<Response, A
         id: fields::make_id("chatcmpl", call.seed),
         created: call.created,
         model: req.model.clone(),
-        include_usage: req.include_usage,
+        include_usage: req.include_usage && !call.plan.no_usage,
     };
     if req.stream {
         return Ok(stream(&call, &frame, &answers, usage));
@@ -178,7 +178,7 @@ pub async fn create(Extension(call): Extension<Arc<Call>>) -> Result<Response, A
             })
         })
         .collect();
-    Ok(Json(json!({
+    let mut answer = json!({
         "id": frame.id,
         "object": "chat.completion",
         "created": frame.created,
@@ -187,8 +187,13 @@ pub async fn create(Extension(call): Extension<Arc<Call>>) -> Result<Response, A
         "usage": usage,
         "service_tier": "default",
         "system_fingerprint": SYSTEM_FINGERPRINT,
-    }))
-    .into_response())
+    });
+    if call.plan.no_usage
+        && let Some(object) = answer.as_object_mut()
+    {
+        object.remove("usage");
+    }
+    Ok(Json(answer).into_response())
 }
 
 /// `CompletionUsage` with the detail objects clients read for caching and reasoning.

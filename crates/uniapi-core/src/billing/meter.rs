@@ -1,0 +1,1398 @@
+//! Usage metering of upstream answers: the `usage` of a complete JSON answer, and a byte-exact SSE relay filter that
+//! reads the upstream's usage from a stream, strips the usage chunk the client did not ask for, and counts the output
+//! tokens delivered from the deltas (for when the upstream reports nothing).
+//!
+//! The stream filter holds at most one partial event between chunks (and gives up parsing an event whose held part
+//! exceeds [`MAX_HELD_EVENT`], forwarding it unparsed). Events end with a blank line; lines end with `\n`, `\r\n` or a
+//! lone `\r` (a `\r` at the end of a chunk waits for the next byte). Each event is parsed with small borrowing serde
+//! structs; only the small `usage` object becomes a `serde_json::Value`.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
+use serde_json::value::RawValue;
+use tiktoken_rs::CoreBPE;
+
+use super::tokens::{count_with, tokenizer_for};
+
+/// Largest partial event held between chunks; past it the event is forwarded as is without being parsed.
+pub const MAX_HELD_EVENT: usize = 1 << 20;
+
+/// Token usage of one request as the upstream reported it (or as counted).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Usage {
+    /// `prompt_tokens` / `input_tokens` (cached included).
+    pub input_tokens: u64,
+    /// `prompt_tokens_details.cached_tokens` / `input_tokens_details.cached_tokens` (at most `input_tokens`).
+    pub cached_input_tokens: u64,
+    /// `completion_tokens` / `output_tokens` (reasoning included).
+    pub output_tokens: u64,
+    /// `completion_tokens_details.reasoning_tokens` / `output_tokens_details.reasoning_tokens` (at most
+    /// `output_tokens`).
+    pub reasoning_tokens: u64,
+}
+
+/// The wire protocol of a stream, which decides where deltas, usage and the end are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    ChatCompletions,
+    Completions,
+    Responses,
+}
+
+/// Reads the `usage` object of a complete (non-stream) JSON answer of any OpenAI endpoint: chat, completions,
+/// embeddings (`prompt_tokens`/`total_tokens`, output 0), responses (`input_tokens`/`output_tokens`), images
+/// (`usage.input_tokens`/`output_tokens` when present). None when there is no usage object, when it holds no token
+/// count (e.g. a transcription's `{"type":"duration","seconds":..}`), or when the body is not a JSON object.
+pub fn usage_from_json(body: &[u8]) -> Option<Usage> {
+    #[derive(Deserialize)]
+    struct Answer<'a> {
+        #[serde(default, borrow)]
+        usage: Option<&'a RawValue>,
+    }
+    if !is_json_object(body) {
+        return None;
+    }
+    let answer: Answer<'_> = serde_json::from_slice(body).ok()?;
+    usage_from_raw(answer.usage?)
+}
+
+/// True when the first non-blank byte opens an object (serde's derived structs would also accept an array).
+fn is_json_object(json: &[u8]) -> bool {
+    json.trim_ascii_start().first() == Some(&b'{')
+}
+
+fn usage_from_raw(raw: &RawValue) -> Option<Usage> {
+    let value: Value = serde_json::from_str(raw.get()).ok()?;
+    usage_from_value(&value)
+}
+
+/// Chat/completions/embeddings (`prompt_tokens`, `completion_tokens`, `*_tokens_details`) and Responses/images
+/// (`input_tokens`, `output_tokens`, `*_tokens_details`) names; counts may be integers, floats or numeric strings.
+fn usage_from_value(value: &Value) -> Option<Usage> {
+    let obj = value.as_object()?;
+    let num = |key: &str| obj.get(key).and_then(lenient_u64);
+    let detail = |outer: &str, key: &str| {
+        obj.get(outer)
+            .and_then(|d| d.get(key))
+            .and_then(lenient_u64)
+    };
+    let input = num("prompt_tokens").or_else(|| num("input_tokens"));
+    let output = num("completion_tokens").or_else(|| num("output_tokens"));
+    let total = num("total_tokens");
+    if input.is_none() && output.is_none() && total.is_none() {
+        return None;
+    }
+    let output_tokens = output.unwrap_or(0);
+    let input_tokens = input.unwrap_or_else(|| total.unwrap_or(0).saturating_sub(output_tokens));
+    let cached = detail("prompt_tokens_details", "cached_tokens")
+        .or_else(|| detail("input_tokens_details", "cached_tokens"))
+        .unwrap_or(0);
+    let reasoning = detail("completion_tokens_details", "reasoning_tokens")
+        .or_else(|| detail("output_tokens_details", "reasoning_tokens"))
+        .unwrap_or(0);
+    Some(Usage {
+        input_tokens,
+        cached_input_tokens: cached.min(input_tokens),
+        output_tokens,
+        reasoning_tokens: reasoning.min(output_tokens),
+    })
+}
+
+fn lenient_u64(value: &Value) -> Option<u64> {
+    match value {
+        Value::Number(n) => n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.is_finite() && *f >= 0.0)
+                .map(|f| f as u64)
+        }),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// Meters one SSE stream as it is forwarded.
+pub struct StreamMeter {
+    protocol: Protocol,
+    bpe: &'static CoreBPE,
+    strip_usage: bool,
+    /// The partial event held since its first byte (empty at an event boundary and while `skipping`).
+    held: Vec<u8>,
+    /// Blank-line scanner state over the bytes of the current event.
+    scan: Scan,
+    /// The current event outgrew [`MAX_HELD_EVENT`]: forward its bytes unparsed until it ends.
+    skipping: bool,
+    reported: Option<Usage>,
+    delivered: u64,
+    saw_end: bool,
+}
+
+impl fmt::Debug for StreamMeter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamMeter")
+            .field("protocol", &self.protocol)
+            .field("strip_usage", &self.strip_usage)
+            .field("held", &self.held.len())
+            .field("skipping", &self.skipping)
+            .field("reported", &self.reported)
+            .field("delivered", &self.delivered)
+            .field("saw_end", &self.saw_end)
+            .finish()
+    }
+}
+
+impl StreamMeter {
+    /// `model` picks the tokenizer; `strip_usage` removes the usage-only chunk (chat/completions: an event whose JSON
+    /// has `"choices": []` (or no `choices`) and a non-null `usage`) from what is forwarded, because the client did
+    /// not ask for it. Ignored for [`Protocol::Responses`], whose usage is part of the terminal event.
+    pub fn new(protocol: Protocol, model: &str, strip_usage: bool) -> StreamMeter {
+        StreamMeter {
+            protocol,
+            bpe: tokenizer_for(model),
+            strip_usage,
+            held: Vec::new(),
+            scan: Scan::LineStart,
+            skipping: false,
+            reported: None,
+            delivered: 0,
+            saw_end: false,
+        }
+    }
+
+    /// Takes bytes as they came from the upstream and returns the bytes to forward NOW: every complete event
+    /// (terminated by a blank line) received so far, minus a stripped usage chunk; a trailing partial event is held
+    /// until its end arrives (if the held part exceeds [`MAX_HELD_EVENT`], it is forwarded as is and the rest of that
+    /// event passes unparsed). Comments and `data: [DONE]` pass through untouched. Output bytes equal input bytes
+    /// exactly except for removed events.
+    pub fn feed(&mut self, chunk: &[u8]) -> Bytes {
+        let mut out = Vec::with_capacity(self.held.len() + chunk.len());
+        let mut rest = chunk;
+        if self.skipping {
+            match self.scan.advance(rest) {
+                Some(end) => {
+                    out.extend_from_slice(&rest[..end]);
+                    rest = &rest[end..];
+                    self.skipping = false;
+                }
+                None => {
+                    out.extend_from_slice(rest);
+                    return Bytes::from(out);
+                }
+            }
+        } else if !self.held.is_empty() {
+            match self.scan.advance(rest) {
+                Some(end) => {
+                    self.held.extend_from_slice(&rest[..end]);
+                    rest = &rest[end..];
+                    let event = std::mem::take(&mut self.held);
+                    self.relay_event(&event, &mut out);
+                    self.reuse(event);
+                }
+                None => {
+                    self.held.extend_from_slice(rest);
+                    self.check_held(&mut out);
+                    return Bytes::from(out);
+                }
+            }
+        }
+        // At an event boundary: whole events straight from the chunk, the tail held.
+        while !rest.is_empty() {
+            match self.scan.advance(rest) {
+                Some(end) => {
+                    let (event, tail) = rest.split_at(end);
+                    self.relay_event(event, &mut out);
+                    rest = tail;
+                }
+                None => {
+                    self.held.extend_from_slice(rest);
+                    self.check_held(&mut out);
+                    break;
+                }
+            }
+        }
+        Bytes::from(out)
+    }
+
+    /// Whatever partial event is still held (call at the end of the stream or when it is cut); forwarded as is. Its
+    /// data is still read for usage, the end marker and deltas (an upstream may close without the final blank line),
+    /// but it is never stripped.
+    pub fn finish(&mut self) -> Bytes {
+        let held = std::mem::take(&mut self.held);
+        if !held.is_empty() {
+            self.meter_event(&held);
+        }
+        self.scan = Scan::LineStart;
+        self.skipping = false;
+        Bytes::from(held)
+    }
+
+    /// The usage the upstream reported, if it did (the last one seen): chat/completions usage chunk or any chunk with
+    /// a non-null usage; Responses: `response.completed` / `response.incomplete` / `response.failed` event's
+    /// `response.usage`.
+    pub fn reported(&self) -> Option<Usage> {
+        self.reported
+    }
+
+    /// Output tokens counted from the deltas forwarded so far, each delta's text counted on its own with the model's
+    /// tokenizer (sum over deltas). Chat: `choices[].delta.content`, `.refusal`, `.reasoning_content`, tool-call (and
+    /// legacy `function_call`) `function.name` / `function.arguments`; completions: `choices[].text`; Responses: the
+    /// `delta` of `response.output_text.delta`, `response.refusal.delta`, `response.function_call_arguments.delta`,
+    /// `response.reasoning_summary_text.delta`, `response.reasoning_text.delta`,
+    /// `response.custom_tool_call_input.delta`, `response.code_interpreter_call_code.delta` and
+    /// `response.mcp_call_arguments.delta`.
+    pub fn delivered_output_tokens(&self) -> u64 {
+        self.delivered
+    }
+
+    /// True once the stream's natural end was seen: chat/completions `data: [DONE]`; Responses a terminal event
+    /// (`response.completed`, `response.incomplete`, `response.failed`, `error`).
+    pub fn saw_end(&self) -> bool {
+        self.saw_end
+    }
+
+    /// Keeps the allocation of a consumed event for the next partial one, unless it grew large.
+    fn reuse(&mut self, mut event: Vec<u8>) {
+        if event.capacity() <= 64 * 1024 {
+            event.clear();
+            self.held = event;
+        }
+    }
+
+    /// Forwards an overgrown held part unparsed and passes the rest of its event through.
+    fn check_held(&mut self, out: &mut Vec<u8>) {
+        if self.held.len() > MAX_HELD_EVENT {
+            tracing::warn!(
+                held = self.held.len(),
+                "SSE event larger than {MAX_HELD_EVENT} bytes; relayed without metering"
+            );
+            out.append(&mut self.held);
+            self.held = Vec::new();
+            self.skipping = true;
+        }
+    }
+
+    /// Meters one complete event and appends it to `out` unless it is the usage chunk to strip.
+    fn relay_event(&mut self, event: &[u8], out: &mut Vec<u8>) {
+        if !self.meter_event(event) {
+            out.extend_from_slice(event);
+        }
+    }
+
+    /// Reads one event; returns true when it is a usage-only chunk that must be stripped.
+    fn meter_event(&mut self, event: &[u8]) -> bool {
+        let Some(fields) = EventFields::parse(event) else {
+            return false;
+        };
+        let data = fields.data.as_ref();
+        if data.trim_ascii() == b"[DONE]" {
+            if self.protocol != Protocol::Responses {
+                self.saw_end = true;
+            }
+            return false;
+        }
+        if !is_json_object(data) {
+            return false;
+        }
+        match self.protocol {
+            Protocol::ChatCompletions | Protocol::Completions => self.meter_chunk(data),
+            Protocol::Responses => {
+                self.meter_responses_event(data, fields.event);
+                false
+            }
+        }
+    }
+
+    fn meter_chunk(&mut self, data: &[u8]) -> bool {
+        #[derive(Deserialize)]
+        struct Chunk<'a> {
+            #[serde(default, borrow)]
+            choices: Option<&'a RawValue>,
+            #[serde(default, borrow)]
+            usage: Option<&'a RawValue>,
+        }
+        let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(data) else {
+            return false;
+        };
+        if let Some(usage) = chunk.usage.and_then(usage_from_raw) {
+            self.reported = Some(usage);
+        }
+        let mut no_choices = true;
+        if let Some(raw) = chunk.choices {
+            match serde_json::from_str::<Vec<Choice<'_>>>(raw.get()) {
+                Ok(choices) => {
+                    no_choices = choices.is_empty();
+                    for choice in &choices {
+                        self.count_choice(choice);
+                    }
+                }
+                Err(_) => no_choices = false,
+            }
+        }
+        self.strip_usage && chunk.usage.is_some() && no_choices
+    }
+
+    fn count_choice(&mut self, choice: &Choice<'_>) {
+        self.count(&choice.text);
+        let Some(delta) = &choice.delta else {
+            return;
+        };
+        self.count(&delta.content);
+        self.count(&delta.refusal);
+        self.count(&delta.reasoning_content);
+        let calls = delta
+            .tool_calls
+            .iter()
+            .flatten()
+            .filter_map(|c| c.function.as_ref());
+        for function in calls.chain(delta.function_call.as_ref()) {
+            self.count(&function.name);
+            self.count(&function.arguments);
+        }
+    }
+
+    fn meter_responses_event(&mut self, data: &[u8], event_name: Option<&[u8]>) {
+        #[derive(Deserialize)]
+        struct Event<'a> {
+            #[serde(default, borrow, rename = "type")]
+            kind: Text<'a>,
+            #[serde(default, borrow)]
+            delta: Text<'a>,
+            #[serde(default, borrow)]
+            response: Option<&'a RawValue>,
+        }
+        #[derive(Deserialize)]
+        struct ResponseObject<'a> {
+            #[serde(default, borrow)]
+            usage: Option<&'a RawValue>,
+        }
+        let Ok(event) = serde_json::from_slice::<Event<'_>>(data) else {
+            return;
+        };
+        let kind = match (&event.kind.0, event_name) {
+            (Some(kind), _) => kind.as_ref(),
+            (None, Some(name)) => std::str::from_utf8(name).unwrap_or(""),
+            (None, None) => "",
+        };
+        match kind {
+            "response.output_text.delta"
+            | "response.refusal.delta"
+            | "response.function_call_arguments.delta"
+            | "response.reasoning_summary_text.delta"
+            | "response.reasoning_text.delta"
+            | "response.custom_tool_call_input.delta"
+            | "response.code_interpreter_call_code.delta"
+            | "response.mcp_call_arguments.delta" => self.count(&event.delta),
+            "response.completed" | "response.incomplete" | "response.failed" => {
+                self.saw_end = true;
+                let usage = event
+                    .response
+                    .filter(|raw| is_json_object(raw.get().as_bytes()))
+                    .and_then(|raw| serde_json::from_str::<ResponseObject<'_>>(raw.get()).ok())
+                    .and_then(|response| response.usage)
+                    .and_then(usage_from_raw);
+                if let Some(usage) = usage {
+                    self.reported = Some(usage);
+                }
+            }
+            "error" => self.saw_end = true,
+            _ => {}
+        }
+    }
+
+    fn count(&mut self, text: &Text<'_>) {
+        if let Some(text) = &text.0 {
+            self.delivered = self.delivered.saturating_add(count_with(self.bpe, text));
+        }
+    }
+}
+
+/// Where the scanner is within the lines of the current event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scan {
+    /// At the start of a line (an empty line here ends the event).
+    LineStart,
+    /// Inside a non-empty line.
+    InLine,
+    /// Just after a `\r` that ended an empty line: the event ends after a following `\n`, or before any other byte.
+    CrAfterEmpty,
+    /// Just after a `\r` that ended a non-empty line: a following `\n` belongs to it.
+    CrAfterLine,
+}
+
+impl Scan {
+    /// Scans `bytes` (the continuation of the current event) and returns the offset just past the end of the event
+    /// when it ends in `bytes` (0 when a pending `\r` already ended it), resetting to the next event's start; None
+    /// when all of `bytes` belongs to the event.
+    fn advance(&mut self, bytes: &[u8]) -> Option<usize> {
+        let mut i = 0;
+        while i < bytes.len() {
+            match *self {
+                Scan::CrAfterEmpty => {
+                    *self = Scan::LineStart;
+                    return Some(if bytes[i] == b'\n' { i + 1 } else { i });
+                }
+                Scan::CrAfterLine => {
+                    *self = Scan::LineStart;
+                    if bytes[i] == b'\n' {
+                        i += 1;
+                    }
+                }
+                Scan::LineStart => match bytes[i] {
+                    b'\n' => return Some(i + 1),
+                    b'\r' => {
+                        *self = Scan::CrAfterEmpty;
+                        i += 1;
+                    }
+                    _ => {
+                        *self = Scan::InLine;
+                        i += 1;
+                    }
+                },
+                Scan::InLine => match bytes[i..].iter().position(|&b| b == b'\n' || b == b'\r') {
+                    None => return None,
+                    Some(p) => {
+                        let at = i + p;
+                        *self = if bytes[at] == b'\n' {
+                            Scan::LineStart
+                        } else {
+                            Scan::CrAfterLine
+                        };
+                        i = at + 1;
+                    }
+                },
+            }
+        }
+        None
+    }
+}
+
+/// The `data` (joined lines) and `event` fields of one event.
+struct EventFields<'a> {
+    data: Cow<'a, [u8]>,
+    event: Option<&'a [u8]>,
+}
+
+impl<'a> EventFields<'a> {
+    /// None when the event has no `data` line (comments, keep-alives, blank lines).
+    fn parse(event: &'a [u8]) -> Option<EventFields<'a>> {
+        let mut data: Option<Cow<'a, [u8]>> = None;
+        let mut name = None;
+        for line in Lines(event) {
+            if line.is_empty() || line[0] == b':' {
+                continue;
+            }
+            let (field, value) = match line.iter().position(|&b| b == b':') {
+                Some(colon) => {
+                    let value = &line[colon + 1..];
+                    (&line[..colon], value.strip_prefix(b" ").unwrap_or(value))
+                }
+                None => (line, &line[line.len()..]),
+            };
+            match field {
+                b"data" => {
+                    data = Some(match data {
+                        None => Cow::Borrowed(value),
+                        Some(joined) => {
+                            let mut joined = joined.into_owned();
+                            joined.push(b'\n');
+                            joined.extend_from_slice(value);
+                            Cow::Owned(joined)
+                        }
+                    });
+                }
+                b"event" => name = Some(value),
+                _ => {}
+            }
+        }
+        Some(EventFields {
+            data: data?,
+            event: name,
+        })
+    }
+}
+
+/// The lines of an event without their terminators (`\n`, `\r\n` or `\r`).
+struct Lines<'a>(&'a [u8]);
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let rest = self.0;
+        match rest.iter().position(|&b| b == b'\n' || b == b'\r') {
+            None => {
+                self.0 = &[];
+                Some(rest)
+            }
+            Some(at) => {
+                let skip = if rest[at] == b'\r' && rest.get(at + 1) == Some(&b'\n') {
+                    2
+                } else {
+                    1
+                };
+                self.0 = &rest[at + skip..];
+                Some(&rest[..at])
+            }
+        }
+    }
+}
+
+/// One element of `choices` of a chat or completions chunk.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct Choice<'a> {
+    #[serde(borrow)]
+    delta: Option<Delta<'a>>,
+    /// Completions.
+    #[serde(borrow)]
+    text: Text<'a>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct Delta<'a> {
+    #[serde(borrow)]
+    content: Text<'a>,
+    #[serde(borrow)]
+    refusal: Text<'a>,
+    #[serde(borrow)]
+    reasoning_content: Text<'a>,
+    #[serde(borrow)]
+    tool_calls: Option<Vec<ToolCall<'a>>>,
+    #[serde(borrow)]
+    function_call: Option<FunctionDelta<'a>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct ToolCall<'a> {
+    #[serde(borrow)]
+    function: Option<FunctionDelta<'a>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct FunctionDelta<'a> {
+    #[serde(borrow)]
+    name: Text<'a>,
+    #[serde(borrow)]
+    arguments: Text<'a>,
+}
+
+/// A string field read leniently: borrowed when it has no escapes, and any non-string value reads as absent
+/// instead of failing the whole event.
+#[derive(Default)]
+struct Text<'a>(Option<Cow<'a, str>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Text<'a>, D::Error> {
+        deserializer.deserialize_any(TextVisitor(PhantomData))
+    }
+}
+
+struct TextVisitor<'a>(PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> Visitor<'de> for TextVisitor<'a> {
+    type Value = Text<'a>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Text<'a>, E> {
+        Ok(Text(Some(Cow::Borrowed(v))))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Text<'a>, E> {
+        Ok(Text(Some(Cow::Owned(v.to_owned()))))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Text<'a>, E> {
+        Ok(Text(Some(Cow::Owned(v))))
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Text<'a>, E> {
+        Ok(Text(None))
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Text<'a>, E> {
+        Ok(Text(None))
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Text<'a>, E> {
+        Ok(Text(None))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Text<'a>, E> {
+        Ok(Text(None))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Text<'a>, E> {
+        Ok(Text(None))
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Text<'a>, E> {
+        Ok(Text(None))
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Text<'a>, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Text<'a>, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Text(None))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Text<'a>, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Text(None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::billing::tokens::count_tokens;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    const MODEL: &str = "gpt-4o-mini";
+
+    /// Feeds `input` cut at `cuts` (byte offsets) and returns everything forwarded.
+    fn run(meter: &mut StreamMeter, input: &[u8], cuts: &[usize]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut last = 0;
+        for &cut in cuts.iter().chain(std::iter::once(&input.len())) {
+            let cut = cut.clamp(last, input.len());
+            out.extend_from_slice(&meter.feed(&input[last..cut]));
+            last = cut;
+        }
+        out.extend_from_slice(&meter.finish());
+        out
+    }
+
+    fn every_byte(input: &[u8]) -> Vec<usize> {
+        (1..input.len()).collect()
+    }
+
+    fn chat_chunk(delta: Value, finish: Option<&str>) -> String {
+        let chunk = json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}], "usage": null});
+        format!("data: {chunk}\n\n")
+    }
+
+    const USAGE_EVENT: &str = "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o-mini\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":12,\"total_tokens\":21,\"prompt_tokens_details\":{\"cached_tokens\":4},\"completion_tokens_details\":{\"reasoning_tokens\":2}}}\n\n";
+
+    fn chat_stream(with_usage: bool) -> (String, Vec<&'static str>) {
+        let deltas = vec!["Hello", " there", ", \"friend\" ✓\n"];
+        let mut s = chat_chunk(json!({"role": "assistant", "content": ""}), None);
+        for d in &deltas {
+            s += &chat_chunk(json!({ "content": d }), None);
+        }
+        s += &chat_chunk(json!({}), Some("stop"));
+        if with_usage {
+            s += USAGE_EVENT;
+        }
+        s += "data: [DONE]\n\n";
+        (s, deltas)
+    }
+
+    fn sum_tokens(deltas: &[&str]) -> u64 {
+        deltas.iter().map(|d| count_tokens(MODEL, d)).sum()
+    }
+
+    #[test]
+    fn usage_from_json_shapes() {
+        let chat = br#"{"id":"chatcmpl-7f3a9c","object":"chat.completion","created":1735689600,"model":"gpt-4o-mini",
+            "choices":[{"index":0,"message":{"role":"assistant","content":"Hello there!","refusal":null},"logprobs":null,"finish_reason":"stop"}],
+            "usage":{"prompt_tokens":2006,"completion_tokens":300,"total_tokens":2306,
+              "prompt_tokens_details":{"cached_tokens":1920,"audio_tokens":0},
+              "completion_tokens_details":{"reasoning_tokens":192,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}},
+            "system_fingerprint":"fp_0001"}"#;
+        assert_eq!(
+            usage_from_json(chat),
+            Some(Usage {
+                input_tokens: 2006,
+                cached_input_tokens: 1920,
+                output_tokens: 300,
+                reasoning_tokens: 192
+            })
+        );
+        let completions = br#"{"id":"cmpl-1","object":"text_completion","choices":[{"text":" world","index":0,"logprobs":null,"finish_reason":"stop"}],
+            "usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#;
+        assert_eq!(
+            usage_from_json(completions),
+            Some(Usage {
+                input_tokens: 1,
+                output_tokens: 2,
+                ..Usage::default()
+            })
+        );
+        let embeddings = br#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.0023,-0.0091,0.0151]}],
+            "model":"text-embedding-3-small","usage":{"prompt_tokens":5,"total_tokens":5}}"#;
+        assert_eq!(
+            usage_from_json(embeddings),
+            Some(Usage {
+                input_tokens: 5,
+                ..Usage::default()
+            })
+        );
+        let responses = br#"{"id":"resp_68af","object":"response","status":"completed","output":[{"id":"msg_01","type":"message",
+            "content":[{"type":"output_text","text":"Once upon a time...","annotations":[]}]}],
+            "usage":{"input_tokens":12,"input_tokens_details":{"cached_tokens":3},"output_tokens":20,
+            "output_tokens_details":{"reasoning_tokens":7},"total_tokens":32}}"#;
+        assert_eq!(
+            usage_from_json(responses),
+            Some(Usage {
+                input_tokens: 12,
+                cached_input_tokens: 3,
+                output_tokens: 20,
+                reasoning_tokens: 7
+            })
+        );
+        let images = br#"{"created":1735689600,"data":[{"b64_json":"iVBORw0KGgo="}],"usage":{"input_tokens":50,
+            "output_tokens":4160,"total_tokens":4210,"input_tokens_details":{"text_tokens":40,"image_tokens":10}}}"#;
+        assert_eq!(
+            usage_from_json(images),
+            Some(Usage {
+                input_tokens: 50,
+                output_tokens: 4160,
+                ..Usage::default()
+            })
+        );
+        // No usage object, null usage, usage without token counts.
+        let dalle =
+            br#"{"created":1735689600,"data":[{"url":"https://cdn.example.com/img/abc.png"}]}"#;
+        assert_eq!(usage_from_json(dalle), None);
+        assert_eq!(usage_from_json(br#"{"usage":null}"#), None);
+        assert_eq!(
+            usage_from_json(br#"{"text":"hi","usage":{"type":"duration","seconds":8}}"#),
+            None
+        );
+        // Garbage.
+        for garbage in [
+            &b""[..],
+            b"not json",
+            b"{\"usage\":",
+            b"[{\"prompt_tokens\":1}]",
+            b"\xff\xfe",
+            b"42",
+        ] {
+            assert_eq!(usage_from_json(garbage), None);
+        }
+        // Lenient numbers and inconsistent details.
+        assert_eq!(
+            usage_from_json(br#"{"usage":{"prompt_tokens":3.0,"completion_tokens":"4","prompt_tokens_details":{"cached_tokens":9}}}"#),
+            Some(Usage { input_tokens: 3, cached_input_tokens: 3, output_tokens: 4, reasoning_tokens: 0 })
+        );
+        assert_eq!(
+            usage_from_json(br#"{"usage":{"total_tokens":10,"completion_tokens":4}}"#),
+            Some(Usage {
+                input_tokens: 6,
+                output_tokens: 4,
+                ..Usage::default()
+            })
+        );
+    }
+
+    #[test]
+    fn chat_stream_strips_usage_chunk() {
+        let (input, deltas) = chat_stream(true);
+        let expected = input.replace(USAGE_EVENT, "");
+        assert_eq!(expected.len(), input.len() - USAGE_EVENT.len());
+        for cuts in [vec![], every_byte(input.as_bytes()), vec![7, 100, 101, 500]] {
+            let mut meter = StreamMeter::new(Protocol::ChatCompletions, MODEL, true);
+            let out = run(&mut meter, input.as_bytes(), &cuts);
+            assert_eq!(String::from_utf8(out).unwrap(), expected);
+            assert_eq!(
+                meter.reported(),
+                Some(Usage {
+                    input_tokens: 9,
+                    cached_input_tokens: 4,
+                    output_tokens: 12,
+                    reasoning_tokens: 2
+                })
+            );
+            assert!(meter.saw_end());
+            assert_eq!(meter.delivered_output_tokens(), sum_tokens(&deltas));
+        }
+    }
+
+    #[test]
+    fn chat_stream_keeps_usage_chunk_when_asked() {
+        let (input, deltas) = chat_stream(true);
+        let mut meter = StreamMeter::new(Protocol::ChatCompletions, MODEL, false);
+        let out = run(&mut meter, input.as_bytes(), &every_byte(input.as_bytes()));
+        assert_eq!(out, input.as_bytes());
+        assert_eq!(meter.reported().map(|u| u.output_tokens), Some(12));
+        assert!(meter.saw_end());
+        assert_eq!(meter.delivered_output_tokens(), sum_tokens(&deltas));
+    }
+
+    #[test]
+    fn events_are_forwarded_as_soon_as_complete() {
+        let (input, _) = chat_stream(false);
+        let first_end = input.find("\n\n").unwrap() + 2;
+        let mut meter = StreamMeter::new(Protocol::ChatCompletions, MODEL, true);
+        assert!(meter.feed(&input.as_bytes()[..first_end - 1]).is_empty());
+        assert_eq!(
+            &meter.feed(&input.as_bytes()[first_end - 1..first_end])[..],
+            &input.as_bytes()[..first_end]
+        );
+        assert!(meter.feed(b"data: {\"choi").is_empty());
+        assert_eq!(&meter.finish()[..], b"data: {\"choi");
+        assert!(!meter.saw_end());
+    }
+
+    #[test]
+    fn crlf_comments_and_done_pass_through() {
+        let input = ": keep-alive\r\n\r\ndata: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\r\n\r\n\
+            :ping\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1,\"total_tokens\":2}}\r\n\r\n\
+            data: [DONE]\r\n\r\n";
+        let usage_event = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1,\"total_tokens\":2}}\r\n\r\n";
+        for cuts in [vec![], every_byte(input.as_bytes())] {
+            let mut meter = StreamMeter::new(Protocol::ChatCompletions, MODEL, true);
+            let out = run(&mut meter, input.as_bytes(), &cuts);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                input.replace(usage_event, "")
+            );
+            assert!(meter.saw_end());
+            assert_eq!(meter.delivered_output_tokens(), count_tokens(MODEL, "Hi"));
+            assert_eq!(meter.reported().map(|u| u.input_tokens), Some(1));
+        }
+    }
+
+    #[test]
+    fn lone_cr_line_endings() {
+        let usage =
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}\r\r";
+        let input = format!(
+            "data: {{\"choices\":[{{\"delta\":{{\"content\":\"Hi\"}}}}]}}\r\r{usage}data: [DONE]\r\r"
+        );
+        for cuts in [vec![], every_byte(input.as_bytes())] {
+            let mut meter = StreamMeter::new(Protocol::ChatCompletions, MODEL, true);
+            let out = run(&mut meter, input.as_bytes(), &cuts);
+            assert_eq!(String::from_utf8(out).unwrap(), input.replace(usage, ""));
+            assert!(meter.saw_end());
+            assert_eq!(meter.reported().map(|u| u.output_tokens), Some(1));
+            assert_eq!(meter.delivered_output_tokens(), count_tokens(MODEL, "Hi"));
+        }
+    }
+
+    #[test]
+    fn multi_line_data_and_other_fields() {
+        let input = "id: 1\nretry: 10\ndata:{\"choices\":[{\"delta\":\ndata: {\"content\":\"a b c\"}}]}\n\n";
+        let mut meter = StreamMeter::new(Protocol::ChatCompletions, MODEL, true);
+        assert_eq!(run(&mut meter, input.as_bytes(), &[]), input.as_bytes());
+        assert_eq!(
+            meter.delivered_output_tokens(),
+            count_tokens(MODEL, "a b c")
+        );
+    }
+
+    #[test]
+    fn non_json_and_odd_chunks_are_forwarded() {
+        let input = "data: hello\n\ndata: {\"choices\":[{\"delta\":{\"content\":5}}]}\n\ndata: [1,2]\n\n\
+            data: {\"choices\":\"x\",\"usage\":{\"prompt_tokens\":3}}\n\nevent: x\n\n\n\ndata\n\n";
+        let mut meter = StreamMeter::new(Protocol::ChatCompletions, MODEL, true);
+        assert_eq!(
+            run(&mut meter, input.as_bytes(), &every_byte(input.as_bytes())),
+            input.as_bytes()
+        );
+        assert_eq!(meter.delivered_output_tokens(), 0);
+        // A usage on a chunk with (odd) choices is read but never stripped.
+        assert_eq!(meter.reported().map(|u| u.input_tokens), Some(3));
+        assert!(!meter.saw_end());
+    }
+
+    #[test]
+    fn usage_on_a_content_chunk_is_reported_not_stripped() {
+        let input = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":\"stop\"}],\
+            \"usage\":{\"prompt_tokens\":5,\"completion_tokens\":1,\"total_tokens\":6}}\n\ndata: [DONE]\n\n";
+        let mut meter = StreamMeter::new(Protocol::ChatCompletions, MODEL, true);
+        assert_eq!(run(&mut meter, input.as_bytes(), &[]), input.as_bytes());
+        assert_eq!(
+            meter.reported(),
+            Some(Usage {
+                input_tokens: 5,
+                output_tokens: 1,
+                ..Usage::default()
+            })
+        );
+    }
+
+    #[test]
+    fn completions_stream() {
+        let texts = ["This", " is", " indeed", " a test"];
+        let mut input = String::new();
+        for t in texts {
+            let chunk = json!({"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "gpt-3.5-turbo-instruct",
+                "choices": [{"text": t, "index": 0, "logprobs": null, "finish_reason": null}]});
+            input += &format!("data: {chunk}\n\n");
+        }
+        let usage = "data: {\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":1,\"model\":\"gpt-3.5-turbo-instruct\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":7,\"total_tokens\":12}}\n\n";
+        input += usage;
+        input += "data: [DONE]\n\n";
+        let expected_tokens: u64 = texts
+            .iter()
+            .map(|t| count_tokens("gpt-3.5-turbo-instruct", t))
+            .sum();
+        for strip in [true, false] {
+            let mut meter =
+                StreamMeter::new(Protocol::Completions, "gpt-3.5-turbo-instruct", strip);
+            let out = run(&mut meter, input.as_bytes(), &every_byte(input.as_bytes()));
+            let expected = if strip {
+                input.replace(usage, "")
+            } else {
+                input.clone()
+            };
+            assert_eq!(String::from_utf8(out).unwrap(), expected);
+            assert_eq!(
+                meter.reported(),
+                Some(Usage {
+                    input_tokens: 5,
+                    output_tokens: 7,
+                    ..Usage::default()
+                })
+            );
+            assert_eq!(meter.delivered_output_tokens(), expected_tokens);
+            assert!(meter.saw_end());
+        }
+    }
+
+    fn responses_event(kind: &str, mut payload: Value, seq: u64) -> String {
+        payload["type"] = json!(kind);
+        payload["sequence_number"] = json!(seq);
+        format!("event: {kind}\ndata: {payload}\n\n")
+    }
+
+    fn responses_stream(terminal: Option<&str>) -> (String, u64) {
+        let m = "gpt-4.1";
+        let mut s = String::new();
+        let mut tokens = 0;
+        s += &responses_event(
+            "response.created",
+            json!({"response": {"id": "resp_1", "status": "in_progress", "output": [], "usage": null}}),
+            0,
+        );
+        s += &responses_event(
+            "response.output_item.added",
+            json!({"output_index": 0, "item": {"id": "rs_1", "type": "reasoning"}}),
+            1,
+        );
+        for d in ["Thinking", " about it"] {
+            s += &responses_event(
+                "response.reasoning_summary_text.delta",
+                json!({"item_id": "rs_1", "delta": d}),
+                2,
+            );
+            tokens += count_tokens(m, d);
+        }
+        for d in ["Once", " upon a", " time…"] {
+            s += &responses_event(
+                "response.output_text.delta",
+                json!({"item_id": "msg_1", "delta": d, "logprobs": []}),
+                3,
+            );
+            tokens += count_tokens(m, d);
+        }
+        s += &responses_event(
+            "response.output_text.done",
+            json!({"item_id": "msg_1", "text": "Once upon a time…"}),
+            4,
+        );
+        for d in ["{\"city\":", "\"Paris\"}"] {
+            s += &responses_event(
+                "response.function_call_arguments.delta",
+                json!({"item_id": "fc_1", "delta": d}),
+                5,
+            );
+            tokens += count_tokens(m, d);
+        }
+        s += &responses_event(
+            "response.audio.delta",
+            json!({"delta": "UklGRiQAAABXQVZF"}),
+            6,
+        );
+        if let Some(kind) = terminal {
+            s += &responses_event(
+                kind,
+                json!({"response": {"id": "resp_1", "status": "completed", "output": [],
+                "usage": {"input_tokens": 5, "input_tokens_details": {"cached_tokens": 1}, "output_tokens": 30,
+                "output_tokens_details": {"reasoning_tokens": 10}, "total_tokens": 35}}}),
+                7,
+            );
+        }
+        (s, tokens)
+    }
+
+    #[test]
+    fn responses_stream_reports_terminal_usage() {
+        for terminal in [
+            "response.completed",
+            "response.incomplete",
+            "response.failed",
+        ] {
+            let (input, tokens) = responses_stream(Some(terminal));
+            for strip in [true, false] {
+                let mut meter = StreamMeter::new(Protocol::Responses, "gpt-4.1", strip);
+                let out = run(&mut meter, input.as_bytes(), &every_byte(input.as_bytes()));
+                assert_eq!(out, input.as_bytes());
+                assert_eq!(
+                    meter.reported(),
+                    Some(Usage {
+                        input_tokens: 5,
+                        cached_input_tokens: 1,
+                        output_tokens: 30,
+                        reasoning_tokens: 10
+                    })
+                );
+                assert!(meter.saw_end());
+                assert_eq!(meter.delivered_output_tokens(), tokens);
+            }
+        }
+    }
+
+    #[test]
+    fn responses_stream_cut_and_error() {
+        let (input, tokens) = responses_stream(None);
+        let mut meter = StreamMeter::new(Protocol::Responses, "gpt-4.1", true);
+        assert_eq!(run(&mut meter, input.as_bytes(), &[]), input.as_bytes());
+        assert_eq!(meter.reported(), None);
+        assert!(!meter.saw_end());
+        assert_eq!(meter.delivered_output_tokens(), tokens);
+
+        // `[DONE]` is tolerated but is not the end of a Responses stream; an `error` event is.
+        let mut meter = StreamMeter::new(Protocol::Responses, "gpt-4.1", true);
+        let done = "data: [DONE]\n\n";
+        assert_eq!(&meter.feed(done.as_bytes())[..], done.as_bytes());
+        assert!(!meter.saw_end());
+        let error = "event: error\ndata: {\"type\":\"error\",\"sequence_number\":9,\"code\":\"server_error\",\"message\":\"boom\",\"param\":null}\n\n";
+        assert_eq!(&meter.feed(error.as_bytes())[..], error.as_bytes());
+        assert!(meter.saw_end());
+
+        // The `event:` name stands in for a missing JSON `type`.
+        let mut meter = StreamMeter::new(Protocol::Responses, "gpt-4.1", true);
+        meter.feed(b"event: response.output_text.delta\ndata: {\"delta\":\"Hello world\"}\n\n");
+        assert_eq!(
+            meter.delivered_output_tokens(),
+            count_tokens("gpt-4.1", "Hello world")
+        );
+    }
+
+    #[test]
+    fn cut_stream_counts_delivered_deltas() {
+        let deltas = [
+            "The",
+            " answer",
+            " is",
+            " forty-two",
+            ", obviously",
+            "! 🎉",
+            "\n\nBye",
+        ];
+        let mut events = vec![chat_chunk(
+            json!({"role": "assistant", "content": ""}),
+            None,
+        )];
+        events.extend(
+            deltas
+                .iter()
+                .map(|d| chat_chunk(json!({ "content": d }), None)),
+        );
+        for k in 0..=deltas.len() {
+            // Cut after the role chunk and K content chunks, in the middle of the next event.
+            let mut input: String = events[..=k].concat();
+            if let Some(next) = events.get(k + 1) {
+                input += &next[..next.len() / 2];
+            }
+            let mut meter = StreamMeter::new(Protocol::ChatCompletions, MODEL, true);
+            let forwarded = run(&mut meter, input.as_bytes(), &[3, 50, 51, 200]);
+            assert_eq!(forwarded, input.as_bytes());
+            assert_eq!(
+                meter.delivered_output_tokens(),
+                sum_tokens(&deltas[..k]),
+                "k = {k}"
+            );
+            assert_eq!(meter.reported(), None);
+            assert!(!meter.saw_end());
+        }
+    }
+
+    #[test]
+    fn tool_call_deltas_are_counted() {
+        let input = concat!(
+            "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"index\":0,\"id\":\"call_abc\",\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"arguments\":\"\"}}]},\"finish_reason\":null}]}\n\n",
+            "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{\\\"city\\\":\"}}]},\"finish_reason\":null}]}\n\n",
+            "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"\\\"Paris\\\"}\"}}]},\"finish_reason\":null}]}\n\n",
+            "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"reasoning_content\":\"hmm\",\"refusal\":\"no\"},\"finish_reason\":\"tool_calls\"}]}\n\n",
+            "data: [DONE]\n",
+        );
+        let mut meter = StreamMeter::new(Protocol::ChatCompletions, "gpt-4o", true);
+        assert_eq!(
+            run(&mut meter, input.as_bytes(), &every_byte(input.as_bytes())),
+            input.as_bytes()
+        );
+        let c = |s| count_tokens("gpt-4o", s);
+        assert_eq!(
+            meter.delivered_output_tokens(),
+            c("get_weather") + c("{\"city\":") + c("\"Paris\"}") + c("hmm") + c("no")
+        );
+        // `[DONE]` without its blank line, flushed by `finish`, still marks the end.
+        assert!(meter.saw_end());
+    }
+
+    #[test]
+    fn oversized_event_is_forwarded_unparsed() {
+        let big = "x".repeat(MAX_HELD_EVENT + 200_000);
+        let huge = format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"{big}\"}}}}]}}\n\n");
+        let after = "data: {\"choices\":[{\"delta\":{\"content\":\"ok\"}}]}\n\ndata: [DONE]\n\n";
+        let input = format!("{huge}{after}");
+        let mut meter = StreamMeter::new(Protocol::ChatCompletions, MODEL, true);
+        let mut out = Vec::new();
+        let mut max_held = 0;
+        for chunk in input.as_bytes().chunks(64 * 1024) {
+            out.extend_from_slice(&meter.feed(chunk));
+            max_held = max_held.max(meter.held.len());
+        }
+        out.extend_from_slice(&meter.finish());
+        assert_eq!(out, input.as_bytes());
+        assert!(max_held <= MAX_HELD_EVENT + 64 * 1024);
+        // The oversized event was not metered; parsing resumed after it.
+        assert_eq!(meter.delivered_output_tokens(), count_tokens(MODEL, "ok"));
+        assert!(meter.saw_end());
+
+        // An oversized event that arrives in one chunk is still parsed (nothing is held).
+        let mut meter = StreamMeter::new(Protocol::ChatCompletions, MODEL, true);
+        assert_eq!(&meter.feed(huge.as_bytes())[..], huge.as_bytes());
+        assert_eq!(meter.delivered_output_tokens(), count_tokens(MODEL, &big));
+    }
+
+    /// One generated chat/completions event.
+    #[derive(Clone, Debug)]
+    enum GenEvent {
+        Content(String),
+        ToolArgs(String),
+        Comment,
+        Empty,
+    }
+
+    /// Serializes one event: a `data:` line (optionally split over two lines, optionally without the space), an
+    /// optional `id:` line, and the given line ending.
+    fn encode_event(json: &str, crlf: bool, split: bool, space: bool, id: bool) -> String {
+        let nl = if crlf { "\r\n" } else { "\n" };
+        let sp = if space { " " } else { "" };
+        let mut s = String::new();
+        if id {
+            s += &format!("id: 7{nl}");
+        }
+        if split {
+            // JSON allows a newline after the opening brace; joined `data:` lines restore it.
+            s += &format!("data:{sp}{{{nl}data:{sp}{}{nl}", &json[1..]);
+        } else {
+            s += &format!("data:{sp}{json}{nl}");
+        }
+        s + nl
+    }
+
+    type Style = (bool, bool, bool, bool);
+
+    fn style() -> impl Strategy<Value = Style> {
+        (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>())
+    }
+
+    fn gen_event() -> impl Strategy<Value = GenEvent> {
+        prop_oneof![
+            6 => "\\PC{0,24}".prop_map(GenEvent::Content),
+            1 => any::<String>().prop_map(GenEvent::Content),
+            2 => "[{}\":, a-z0-9\\\\]{0,16}".prop_map(GenEvent::ToolArgs),
+            1 => Just(GenEvent::Comment),
+            1 => Just(GenEvent::Empty),
+        ]
+    }
+
+    struct Built {
+        input: Vec<u8>,
+        stripped: Vec<u8>,
+        tokens: u64,
+        usage: Option<Usage>,
+    }
+
+    fn build_chat(
+        protocol: Protocol,
+        events: &[(GenEvent, Style)],
+        usage: Option<(u64, u64, u64, u64, Style)>,
+        done: Option<bool>,
+    ) -> Built {
+        let mut input = String::new();
+        let mut stripped = String::new();
+        let mut tokens = 0;
+        for (event, (crlf, split, space, id)) in events {
+            let (delta, text) = match (event, protocol) {
+                (GenEvent::Content(t), Protocol::Completions) => {
+                    (json!({"text": t, "index": 0}), Some(t))
+                }
+                (GenEvent::Content(t), _) => {
+                    (json!({"index": 0, "delta": {"content": t}}), Some(t))
+                }
+                (GenEvent::ToolArgs(a), _) => (
+                    json!({"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": a}}]}}),
+                    Some(a),
+                ),
+                (GenEvent::Comment, _) => {
+                    let nl = if *crlf { "\r\n" } else { "\n" };
+                    let s = format!(": keep-alive{nl}{nl}");
+                    input += &s;
+                    stripped += &s;
+                    continue;
+                }
+                (GenEvent::Empty, _) => (
+                    json!({"index": 0, "delta": {}, "finish_reason": "stop"}),
+                    None,
+                ),
+            };
+            tokens += text.map_or(0, |t| count_tokens(MODEL, t));
+            let chunk = json!({"id": "x", "object": "chat.completion.chunk", "choices": [delta], "usage": null});
+            let s = encode_event(&chunk.to_string(), *crlf, *split, *space, *id);
+            input += &s;
+            stripped += &s;
+        }
+        let mut reported = None;
+        if let Some((p, c, cached, r, (crlf, split, space, id))) = usage {
+            let chunk = json!({"id": "x", "choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c,
+                "total_tokens": p + c, "prompt_tokens_details": {"cached_tokens": cached},
+                "completion_tokens_details": {"reasoning_tokens": r}}});
+            input += &encode_event(&chunk.to_string(), crlf, split, space, id);
+            reported = Some(Usage {
+                input_tokens: p,
+                cached_input_tokens: cached.min(p),
+                output_tokens: c,
+                reasoning_tokens: r.min(c),
+            });
+        }
+        if let Some(crlf) = done {
+            let s = if crlf {
+                "data: [DONE]\r\n\r\n"
+            } else {
+                "data: [DONE]\n\n"
+            };
+            input += s;
+            stripped += s;
+        }
+        Built {
+            input: input.into_bytes(),
+            stripped: stripped.into_bytes(),
+            tokens,
+            usage: reported,
+        }
+    }
+
+    fn cuts(len: usize, picks: &[prop::sample::Index]) -> Vec<usize> {
+        let mut cuts: Vec<usize> = picks.iter().map(|p| p.index(len + 1)).collect();
+        cuts.sort_unstable();
+        cuts
+    }
+
+    proptest! {
+        #[test]
+        fn chat_stream_roundtrips_under_any_chunking(
+            events in prop::collection::vec((gen_event(), style()), 0..12),
+            usage in prop::option::of((0u64..100_000, 0u64..100_000, 0u64..100_000, 0u64..100_000, style())),
+            done in prop::option::of(any::<bool>()),
+            completions in any::<bool>(),
+            strip in any::<bool>(),
+            picks in prop::collection::vec(any::<prop::sample::Index>(), 0..40),
+        ) {
+            let protocol = if completions { Protocol::Completions } else { Protocol::ChatCompletions };
+            let built = build_chat(protocol, &events, usage, done);
+            let cuts = cuts(built.input.len(), &picks);
+
+            let mut meter = StreamMeter::new(protocol, MODEL, strip);
+            let out = run(&mut meter, &built.input, &cuts);
+            let expected = if strip { &built.stripped } else { &built.input };
+            prop_assert_eq!(&out, expected);
+            prop_assert_eq!(meter.reported(), built.usage);
+            prop_assert_eq!(meter.delivered_output_tokens(), built.tokens);
+            prop_assert_eq!(meter.saw_end(), done.is_some());
+            prop_assert!(meter.held.len() <= built.input.len());
+
+            // The same input in one piece and byte by byte meters the same.
+            for cuts in [vec![], every_byte(&built.input)] {
+                let mut other = StreamMeter::new(protocol, MODEL, strip);
+                prop_assert_eq!(&run(&mut other, &built.input, &cuts), expected);
+                prop_assert_eq!(other.reported(), meter.reported());
+                prop_assert_eq!(other.delivered_output_tokens(), meter.delivered_output_tokens());
+            }
+        }
+
+        #[test]
+        fn responses_stream_roundtrips_under_any_chunking(
+            deltas in prop::collection::vec(
+                (
+                    prop_oneof![
+                        Just("response.output_text.delta"),
+                        Just("response.refusal.delta"),
+                        Just("response.function_call_arguments.delta"),
+                        Just("response.reasoning_summary_text.delta"),
+                        Just("response.reasoning_text.delta"),
+                        Just("response.audio.delta"),
+                        Just("response.output_text.done"),
+                    ],
+                    "\\PC{0,24}",
+                    any::<bool>(),
+                ),
+                0..12,
+            ),
+            completed in prop::option::of((0u64..100_000, 0u64..100_000)),
+            picks in prop::collection::vec(any::<prop::sample::Index>(), 0..40),
+        ) {
+            let model = "gpt-5";
+            let mut input = String::new();
+            let mut tokens = 0;
+            for (i, (kind, delta, crlf)) in deltas.iter().enumerate() {
+                let payload = json!({"type": kind, "sequence_number": i, "item_id": "it", "delta": delta});
+                let nl = if *crlf { "\r\n" } else { "\n" };
+                input += &format!("event: {kind}{nl}data: {payload}{nl}{nl}");
+                if *kind != "response.audio.delta" && *kind != "response.output_text.done" {
+                    tokens += count_tokens(model, delta);
+                }
+            }
+            if let Some((i, o)) = completed {
+                let payload = json!({"type": "response.completed", "sequence_number": 99,
+                    "response": {"status": "completed", "usage": {"input_tokens": i, "output_tokens": o}}});
+                input += &format!("event: response.completed\ndata: {payload}\n\n");
+            }
+            let input = input.into_bytes();
+            let mut meter = StreamMeter::new(Protocol::Responses, model, true);
+            prop_assert_eq!(&run(&mut meter, &input, &cuts(input.len(), &picks)), &input);
+            prop_assert_eq!(meter.delivered_output_tokens(), tokens);
+            prop_assert_eq!(
+                meter.reported(),
+                completed.map(|(i, o)| Usage { input_tokens: i, output_tokens: o, ..Usage::default() })
+            );
+            prop_assert_eq!(meter.saw_end(), completed.is_some());
+        }
+
+        #[test]
+        fn arbitrary_bytes_pass_through(
+            input in prop::collection::vec(
+                prop_oneof![Just(b'\n'), Just(b'\r'), Just(b':'), Just(b' '), any::<u8>()], 0..400),
+            picks in prop::collection::vec(any::<prop::sample::Index>(), 0..20),
+            protocol in prop_oneof![Just(Protocol::ChatCompletions), Just(Protocol::Completions), Just(Protocol::Responses)],
+        ) {
+            // Without a usage chunk nothing is removed, whatever the bytes.
+            let mut meter = StreamMeter::new(protocol, MODEL, false);
+            prop_assert_eq!(run(&mut meter, &input, &cuts(input.len(), &picks)), input);
+        }
+    }
+}
