@@ -190,6 +190,60 @@ key = "{USER_KEY}"
     sandbox.terminate();
 }
 
+/// SIGKILL loses at most one flush interval (200 ms): what is older than that is in the database.
+#[test]
+fn a_kill_after_the_flush_interval_loses_no_charge_and_no_log() {
+    let dir = temp_dir();
+    let mut sandbox = Running::start(
+        &[
+            "sandbox",
+            "--listen",
+            "127.0.0.1:0",
+            "--key",
+            "sk-upstream-cli",
+        ],
+        &dir,
+        &[],
+    );
+    let sandbox_url = sandbox.url();
+    let db = format!("sqlite://{}", dir.join("kill.db").display());
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[database]\nurl = \"{db}\"\n[admin]\nkey = \"cli-admin-key-0123456789\"\n\
+         [[channels]]\nname = \"s\"\nkind = \"openai\"\nbase_url = \"{sandbox_url}\"\nkeys = [\"sk-upstream-cli\"]\nmodels = [\"m\"]\n\
+         [prices.m]\nper_call = 0.001\n[[users]]\nname = \"u\"\nbalance_usd = 1.0\n[[users.keys]]\nname = \"k\"\nkey = \"{USER_KEY}\"\n"
+    );
+    std::fs::write(dir.join("kill.toml"), config).unwrap();
+    let mut gateway = Running::start(&["serve", "--config", "kill.toml"], &dir, &[]);
+    let url = gateway.url();
+    for _ in 0..10 {
+        let (status, body) = post(
+            &format!("{url}/v1/chat/completions"),
+            USER_KEY,
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#,
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    gateway.child.kill().unwrap();
+    gateway.child.wait().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = uniapi_core::store::Store::connect(&db, 1).await.unwrap();
+        assert_eq!(store.logs(&Default::default()).await.unwrap().len(), 10);
+        let user = store.user_by_name("u").await.unwrap().unwrap();
+        assert_eq!(user.balance_nano, 1_000_000_000 - 10 * 1_000_000);
+        let checks = store.balance_checks().await.unwrap();
+        assert!(
+            checks.iter().all(|c| c.balance_nano == c.entries_nano),
+            "{checks:?}"
+        );
+    });
+    sandbox.terminate();
+}
+
 #[test]
 fn a_bad_config_stops_the_start_naming_the_key() {
     let dir = temp_dir();

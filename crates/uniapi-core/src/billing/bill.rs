@@ -43,6 +43,33 @@ pub struct Ask {
     pub max_output_tokens: Option<u64>,
     /// Answers generated per request (`n`).
     pub choices: u64,
+    /// Image size and quality, for prices named `model:size[:quality]`.
+    pub size: Option<&'static str>,
+    pub quality: Option<&'static str>,
+}
+
+/// Image sizes and qualities a price name may carry (anything else is priced as the plain model).
+const IMAGE_SIZES: &[&str] = &[
+    "256x256",
+    "512x512",
+    "1024x1024",
+    "1536x1024",
+    "1024x1536",
+    "1792x1024",
+    "1024x1792",
+    "auto",
+];
+const IMAGE_QUALITIES: &[&str] = &["standard", "hd", "low", "medium", "high", "auto"];
+
+/// The canonical spelling of a requested image size and quality, when they are known values.
+pub fn image_variant(
+    size: Option<&str>,
+    quality: Option<&str>,
+) -> (Option<&'static str>, Option<&'static str>) {
+    let pick = |value: Option<&str>, known: &'static [&'static str]| {
+        value.and_then(|v| known.iter().copied().find(|k| *k == v.trim()))
+    };
+    (pick(size, IMAGE_SIZES), pick(quality, IMAGE_QUALITIES))
 }
 
 /// An admitted, funded request.
@@ -67,7 +94,18 @@ impl Bill {
         ask: Ask,
     ) -> Result<Bill, ApiError> {
         let catalog = state.catalog.load();
-        let price = catalog.prices.get(model).cloned().ok_or_else(|| {
+        // the most specific price wins: `model:size:quality`, then `model:size`, then `model`
+        let variants = [
+            ask.size
+                .zip(ask.quality)
+                .map(|(size, quality)| format!("{model}:{size}:{quality}")),
+            ask.size.map(|size| format!("{model}:{size}")),
+        ];
+        let specific = variants
+            .iter()
+            .flatten()
+            .find_map(|name| catalog.prices.get(name.as_str()));
+        let price = specific.or_else(|| catalog.prices.get(model)).cloned().ok_or_else(|| {
             ApiError::forbidden(
                 "model_price_missing",
                 format!("The model `{model}` has no price set, so this gateway does not serve it. Ask the operator to set one."),

@@ -468,6 +468,62 @@ mod tests {
         assert_eq!(ledger.credit("c3", 1, -15, None).unwrap().balance_nano, 0);
     }
 
+    #[derive(Clone, Debug)]
+    enum Op {
+        Reserve(i64),
+        Capture(usize, i64),
+        Release(usize),
+        Credit(i64),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0i64..5_000).prop_map(Op::Reserve),
+            (0usize..8, 0i64..8_000).prop_map(|(i, c)| Op::Capture(i, c)),
+            (0usize..8).prop_map(Op::Release),
+            (-3_000i64..3_000).prop_map(Op::Credit),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever the sequence, the balance never goes below zero, the cap is never exceeded, and the
+        /// balance moves by exactly the sum of the ledger entries written (no rounding, no drift).
+        #[test]
+        fn balances_equal_the_sum_of_their_entries(opening in 0i64..20_000, cap in proptest::option::of(0i64..15_000),
+                                                    ops in proptest::collection::vec(op(), 1..60)) {
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let ledger = Arc::new(Ledger { accounts: RwLock::new(HashMap::new()), entries: tx });
+            ledger.sync(vec![Opening { user_id: 1, standing: Standing { balance_nano: opening, ..Default::default() }, keys: vec![(7, cap, 0, 0)] }]);
+            let mut open: Vec<Reservation> = Vec::new();
+            let mut captured = 0i64;
+            for (n, op) in ops.into_iter().enumerate() {
+                match op {
+                    Op::Reserve(amount) => if let Ok(r) = ledger.reserve(&format!("r{n}"), 1, 7, amount) { open.push(r) },
+                    Op::Capture(i, cost) if !open.is_empty() => { let r = open.remove(i % open.len()); captured += r.capture(cost, cost / 3); }
+                    Op::Release(i) if !open.is_empty() => open.remove(i % open.len()).release(),
+                    Op::Credit(amount) => { let _ = ledger.credit(&format!("c{n}"), 1, amount, None); }
+                    _ => {}
+                }
+                let s = ledger.standing(1).unwrap();
+                proptest::prop_assert!(s.balance_nano >= 0 && s.balance_nano - s.held_nano >= 0, "{s:?}");
+                let k = ledger.key_standing(1, 7).unwrap();
+                if let Some(cap) = cap { proptest::prop_assert!(k.used_nano + k.held_nano <= cap, "{k:?}"); }
+            }
+            drop(open);
+            let s = ledger.standing(1).unwrap();
+            proptest::prop_assert_eq!(s.held_nano, 0);
+            proptest::prop_assert_eq!(s.used_nano, captured);
+            let mut entries = 0i64;
+            let mut ids = std::collections::HashSet::new();
+            while let Ok(Message::Entry(e)) = rx.try_recv() {
+                proptest::prop_assert!(ids.insert(e.id.clone()), "entry {} twice", e.id);
+                entries += e.amount_nano;
+            }
+            proptest::prop_assert_eq!(s.balance_nano, opening + entries);
+        }
+    }
+
     #[test]
     fn concurrent_reservations_hold_exactly_the_balance() {
         let ledger = ledger_with(1_000, None);

@@ -90,6 +90,10 @@ struct Sniff<'a> {
     best_of: Option<u64>,
     #[serde(borrow, default)]
     stream_options: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    size: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    quality: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize, Default)]
@@ -112,6 +116,9 @@ pub struct JsonBody {
     pub include_usage: bool,
     /// The `input` of a speech request, for pricing by characters.
     pub speech_chars: u64,
+    /// An image request's `size` and `quality`, when they are strings.
+    pub size: Option<String>,
+    pub quality: Option<String>,
     has_stream_options: bool,
     /// Byte range of the `model` value (quotes included); `None` when the client left it to the default.
     model_span: Option<Range<usize>>,
@@ -176,6 +183,12 @@ impl JsonBody {
             choices: sniff.n.unwrap_or(1).max(sniff.best_of.unwrap_or(1)).max(1),
             include_usage,
             speech_chars,
+            size: sniff
+                .size
+                .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok()),
+            quality: sniff
+                .quality
+                .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok()),
             has_stream_options: sniff.stream_options.is_some_and(|r| r.get() != "null"),
             bytes,
             model,

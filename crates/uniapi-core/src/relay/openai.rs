@@ -12,7 +12,7 @@ use super::body::{FormBody, JsonBody, read_limited, require_json, require_multip
 use super::{CallContext, Outbound, OutboundBody, SseStyle, relay};
 use crate::auth;
 use crate::billing::Units;
-use crate::billing::bill::{Ask, Bill, Measure, audio_ms_from_bytes};
+use crate::billing::bill::{Ask, Bill, Measure, audio_ms_from_bytes, image_variant};
 use crate::billing::meter::Protocol;
 use crate::billing::tokens::estimate_prompt_tokens;
 use crate::error::ApiError;
@@ -193,6 +193,7 @@ fn json_ask(route: &JsonRoute, json: &JsonBody) -> Ask {
                 .max_output_tokens
                 .or((protocol == Protocol::Completions).then_some(16)),
             choices: json.choices,
+            ..Default::default()
         },
         Measure::Input => Ask {
             units: Units {
@@ -201,13 +202,18 @@ fn json_ask(route: &JsonRoute, json: &JsonBody) -> Ask {
             },
             ..Default::default()
         },
-        Measure::Images => Ask {
-            units: Units {
-                images: json.choices,
+        Measure::Images => {
+            let (size, quality) = image_variant(json.size.as_deref(), json.quality.as_deref());
+            Ask {
+                units: Units {
+                    images: json.choices,
+                    ..Default::default()
+                },
+                size,
+                quality,
                 ..Default::default()
-            },
-            ..Default::default()
-        },
+            }
+        }
         Measure::Speech => Ask {
             units: Units {
                 chars: json.speech_chars,
@@ -316,6 +322,7 @@ impl FormKind {
                     .text("n")
                     .and_then(|n| n.trim().parse::<u64>().ok())
                     .unwrap_or(1);
+                let (size, quality) = image_variant(form.text("size"), form.text("quality"));
                 (
                     Measure::Images,
                     Ask {
@@ -323,6 +330,8 @@ impl FormKind {
                             images: n,
                             ..Default::default()
                         },
+                        size,
+                        quality,
                         ..Default::default()
                     },
                 )

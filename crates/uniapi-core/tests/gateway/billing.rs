@@ -634,3 +634,34 @@ async fn a_clean_shutdown_persists_every_charge_on_every_backend() {
         gw.stop().await;
     }
 }
+
+#[tokio::test]
+async fn images_are_priced_per_image_by_size_and_quality() {
+    let sandbox = Sandbox::start().await;
+    let mut cfg = config(vec![channel("c", &sandbox, &["dall-e-3"])]);
+    let per_image = |usd: f64| PriceConfig {
+        per_image: Some(usd),
+        ..Default::default()
+    };
+    cfg.prices.insert("dall-e-3".into(), per_image(0.04));
+    cfg.prices
+        .insert("dall-e-3:1792x1024".into(), per_image(0.08));
+    cfg.prices
+        .insert("dall-e-3:1792x1024:hd".into(), per_image(0.12));
+    let gw = TestGateway::start(cfg).await;
+    for (size, quality, n, expected) in [
+        ("1024x1024", "standard", 2, "0.080000000"),
+        ("1792x1024", "standard", 1, "0.080000000"),
+        ("1792x1024", "hd", 3, "0.360000000"),
+    ] {
+        let body = json!({"model": "dall-e-3", "prompt": "a lighthouse", "size": size, "quality": quality, "n": n});
+        let response = gw.post("/v1/images/generations", USER_KEY, body).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers()["x-uniapi-cost-usd"],
+            expected,
+            "{size} {quality} x{n}"
+        );
+    }
+    reconciled(&gw).await;
+}

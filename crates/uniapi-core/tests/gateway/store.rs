@@ -239,6 +239,9 @@ async fn store_round_trips_on_every_backend() {
             .await
             .unwrap();
         assert_eq!(filtered.len(), 1);
+        // retention deletes only what is older than the cut
+        assert_eq!(store.delete_logs_before(2).await.unwrap(), 1);
+        assert_eq!(store.logs(&LogFilter::default()).await.unwrap().len(), 1);
 
         store.delete_channel(channel.id).await.unwrap();
         store.delete_user(user.id).await.unwrap();
