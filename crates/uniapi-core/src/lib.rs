@@ -12,6 +12,7 @@ pub mod server;
 pub mod state;
 pub mod store;
 pub mod upstream;
+pub mod writebehind;
 
 pub use config::Config;
 pub use server::{Gateway, app};

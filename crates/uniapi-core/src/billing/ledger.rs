@@ -5,12 +5,11 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
 
-use crate::store::{Store, now_ms};
+use crate::store::{Store, StoreError, now_ms};
+use crate::writebehind::{self, Destination, Queue, Writer};
 
 /// Why a reservation was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,14 +75,26 @@ pub struct Opening {
 /// Atomic reserve / settle over in-memory accounts; one lock per user, held for a few instructions.
 pub struct Ledger {
     accounts: RwLock<HashMap<i64, Arc<Mutex<Account>>>>,
-    entries: mpsc::UnboundedSender<Message>,
+    entries: Queue<LedgerEntry>,
 }
 
-enum Message {
-    Entry(LedgerEntry),
-    Flush(oneshot::Sender<()>),
-    Close,
+/// Ledger entries go to SQL in batches; money is never dropped: a failing batch is retried until the
+/// database takes it, and the queue has no cap.
+struct Entries(Store);
+
+impl Destination for Entries {
+    type Record = LedgerEntry;
+    const BATCH: usize = 1000;
+    const CAPACITY: Option<usize> = None;
+    const ATTEMPTS: Option<u32> = None;
+    const WHAT: &'static str = "ledger entries";
+
+    async fn write(&self, batch: &[LedgerEntry]) -> Result<(), StoreError> {
+        self.0.apply_ledger_entries(batch).await
+    }
 }
+
+pub type LedgerWriter = Writer<LedgerEntry>;
 
 /// A hold on a user's balance (and the key's cap) for one request. It must be captured or released;
 /// dropping it unsettled releases it, so no path can leak a hold.
@@ -156,14 +167,13 @@ fn lock(account: &Mutex<Account>) -> std::sync::MutexGuard<'_, Account> {
 impl Ledger {
     /// Starts the entry writer; `openings` are the stored balances.
     pub fn start(store: Store, openings: Vec<Opening>) -> (Arc<Ledger>, LedgerWriter) {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (entries, writer) = writebehind::spawn(Entries(store));
         let ledger = Arc::new(Ledger {
             accounts: RwLock::new(HashMap::new()),
-            entries: tx.clone(),
+            entries,
         });
         ledger.sync(openings);
-        let handle = tokio::spawn(write_behind(store, rx));
-        (ledger, LedgerWriter { tx, handle })
+        (ledger, writer)
     }
 
     /// Adds accounts and keys the store has and memory does not, updates key caps, drops deleted ones.
@@ -335,73 +345,12 @@ impl Ledger {
     }
 
     fn record(&self, entry: LedgerEntry) {
-        if self.entries.send(Message::Entry(entry)).is_err() {
-            tracing::error!("ledger writer is gone; an entry was not persisted");
-        }
+        self.entries.push(entry);
     }
 
     /// Waits until every entry recorded before this call is in the database.
     pub async fn flush(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.entries.send(Message::Flush(tx)).is_ok() {
-            let _ = rx.await;
-        }
-    }
-}
-
-pub struct LedgerWriter {
-    tx: mpsc::UnboundedSender<Message>,
-    handle: tokio::task::JoinHandle<()>,
-}
-
-impl LedgerWriter {
-    /// Writes every queued entry and stops.
-    pub async fn finish(self) {
-        let _ = self.tx.send(Message::Close);
-        let _ = self.handle.await;
-    }
-}
-
-const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
-const BATCH: usize = 1000;
-
-async fn write_behind(store: Store, mut rx: mpsc::UnboundedReceiver<Message>) {
-    let mut batch: Vec<LedgerEntry> = Vec::new();
-    let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
-    let mut ticker = tokio::time::interval(FLUSH_INTERVAL);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let closed = tokio::select! {
-            message = rx.recv() => match message {
-                Some(Message::Entry(entry)) => { batch.push(entry); false }
-                Some(Message::Flush(done)) => { waiters.push(done); false }
-                Some(Message::Close) | None => true,
-            },
-            _ = ticker.tick() => false,
-        };
-        while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(Message::Entry(entry)) => batch.push(entry),
-                Ok(Message::Flush(done)) => waiters.push(done),
-                Ok(Message::Close) | Err(_) => break,
-            }
-        }
-        if !batch.is_empty() {
-            // money is never dropped: retry until the database takes it
-            let mut delay = Duration::from_millis(50);
-            while let Err(e) = store.apply_ledger_entries(&batch).await {
-                tracing::error!(error = %e, entries = batch.len(), "writing ledger entries failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            batch.clear();
-        }
-        for done in waiters.drain(..) {
-            let _ = done.send(());
-        }
-        if closed {
-            return;
-        }
+        self.entries.flush().await;
     }
 }
 
@@ -410,10 +359,10 @@ mod tests {
     use super::*;
 
     fn ledger_with(balance: i64, quota: Option<i64>) -> Arc<Ledger> {
-        let (tx, _rx) = mpsc::unbounded_channel();
+        let (entries, _) = writebehind::captured();
         let ledger = Arc::new(Ledger {
             accounts: RwLock::new(HashMap::new()),
-            entries: tx,
+            entries,
         });
         ledger.sync(vec![Opening {
             user_id: 1,
@@ -492,8 +441,8 @@ mod tests {
         #[test]
         fn balances_equal_the_sum_of_their_entries(opening in 0i64..20_000, cap in proptest::option::of(0i64..15_000),
                                                     ops in proptest::collection::vec(op(), 1..60)) {
-            let (tx, mut rx) = mpsc::unbounded_channel();
-            let ledger = Arc::new(Ledger { accounts: RwLock::new(HashMap::new()), entries: tx });
+            let (entries, mut written) = writebehind::captured();
+            let ledger = Arc::new(Ledger { accounts: RwLock::new(HashMap::new()), entries });
             ledger.sync(vec![Opening { user_id: 1, standing: Standing { balance_nano: opening, ..Default::default() }, keys: vec![(7, cap, 0, 0)] }]);
             let mut open: Vec<Reservation> = Vec::new();
             let mut captured = 0i64;
@@ -516,7 +465,7 @@ mod tests {
             proptest::prop_assert_eq!(s.used_nano, captured);
             let mut entries = 0i64;
             let mut ids = std::collections::HashSet::new();
-            while let Ok(Message::Entry(e)) = rx.try_recv() {
+            for e in written.drain() {
                 proptest::prop_assert!(ids.insert(e.id.clone()), "entry {} twice", e.id);
                 entries += e.amount_nano;
             }
