@@ -72,9 +72,9 @@ pub struct Opening {
     pub keys: Vec<(i64, Option<i64>, i64, i64)>,
 }
 
-/// Atomic reserve / settle over in-memory accounts; one lock per user, held for a few instructions.
+/// Reservations and settlements over `Balances`, each settlement and credit recorded as an entry.
 pub struct Ledger {
-    accounts: RwLock<HashMap<i64, Arc<Mutex<Account>>>>,
+    balances: Box<dyn Balances>,
     entries: Queue<LedgerEntry>,
 }
 
@@ -164,21 +164,42 @@ fn lock(account: &Mutex<Account>) -> std::sync::MutexGuard<'_, Account> {
     account.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl Ledger {
-    /// Starts the entry writer; `openings` are the stored balances.
-    pub fn start(store: Store, openings: Vec<Opening>) -> (Arc<Ledger>, LedgerWriter) {
-        let (entries, writer) = writebehind::spawn(Entries(store));
-        let ledger = Arc::new(Ledger {
-            accounts: RwLock::new(HashMap::new()),
-            entries,
-        });
-        ledger.sync(openings);
-        (ledger, writer)
-    }
+/// Where balances and holds live: in this process's memory (one node), or in a shared store such as
+/// Redis (several nodes). Only the arithmetic is here; the ledger around it records every change.
+/// Calls are synchronous because a capture must be possible from `Drop` (a client that leaves).
+pub trait Balances: Send + Sync {
+    /// Adds accounts and keys the store has, updates key caps, drops deleted ones; never replaces a
+    /// balance the implementation already holds.
+    fn sync(&self, openings: Vec<Opening>);
+    /// Holds `amount` of the user's balance and the key's cap, atomically, or refuses.
+    fn hold(&self, user_id: i64, key_id: i64, amount: i64) -> Result<(), Refusal>;
+    /// Frees `held` and charges `cost` (of which `cache` for cached input), never below zero; returns
+    /// what was charged.
+    fn settle(&self, user_id: i64, key_id: i64, held: i64, cost: i64, cache: i64) -> i64;
+    /// Adds (or removes) balance; refused when it would go below zero.
+    fn credit(&self, user_id: i64, amount: i64) -> Result<Standing, Refusal>;
+    fn standing(&self, user_id: i64) -> Option<Standing>;
+    fn key_standing(&self, user_id: i64, key_id: i64) -> Option<KeyStanding>;
+}
 
-    /// Adds accounts and keys the store has and memory does not, updates key caps, drops deleted ones.
-    /// Balances already in memory are authoritative and never replaced by stored (possibly older) values.
-    pub fn sync(&self, openings: Vec<Opening>) {
+/// Balances of one node: one lock per user, held for a few instructions.
+#[derive(Default)]
+pub struct MemoryBalances {
+    accounts: RwLock<HashMap<i64, Arc<Mutex<Account>>>>,
+}
+
+impl MemoryBalances {
+    fn account(&self, user_id: i64) -> Option<Arc<Mutex<Account>>> {
+        self.accounts
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&user_id)
+            .cloned()
+    }
+}
+
+impl Balances for MemoryBalances {
+    fn sync(&self, openings: Vec<Opening>) {
         let mut accounts = self.accounts.write().unwrap_or_else(|e| e.into_inner());
         let present: std::collections::HashSet<i64> = openings.iter().map(|o| o.user_id).collect();
         accounts.retain(|id, _| present.contains(id));
@@ -204,12 +225,80 @@ impl Ledger {
         }
     }
 
-    fn account(&self, user_id: i64) -> Option<Arc<Mutex<Account>>> {
-        self.accounts
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&user_id)
-            .cloned()
+    fn hold(&self, user_id: i64, key_id: i64, amount: i64) -> Result<(), Refusal> {
+        let account = self.account(user_id).ok_or(Refusal::Balance)?;
+        let mut account = lock(&account);
+        if account.standing.balance_nano - account.standing.held_nano < amount {
+            return Err(Refusal::Balance);
+        }
+        let key = account.keys.entry(key_id).or_default();
+        if key.room().is_some_and(|room| room < amount) {
+            return Err(Refusal::KeyCap);
+        }
+        key.held_nano += amount;
+        account.standing.held_nano += amount;
+        Ok(())
+    }
+
+    fn settle(&self, user_id: i64, key_id: i64, held: i64, cost: i64, cache: i64) -> i64 {
+        let Some(account) = self.account(user_id) else {
+            return 0;
+        };
+        let mut account = lock(&account);
+        account.standing.held_nano -= held;
+        let key = account.keys.entry(key_id).or_default();
+        key.held_nano -= held;
+        // never below zero: charge at most what the balance and the cap still have
+        let mut charged = cost;
+        if let Some(room) = key.room() {
+            charged = charged.min(room.max(0));
+        }
+        let available = account.standing.balance_nano - account.standing.held_nano;
+        charged = charged.min(available.max(0));
+        let cache_charged = cache.min(charged);
+        let key = account.keys.entry(key_id).or_default();
+        key.used_nano += charged;
+        key.cache_used_nano += cache_charged;
+        account.standing.balance_nano -= charged;
+        account.standing.used_nano += charged;
+        account.standing.cache_used_nano += cache_charged;
+        charged
+    }
+
+    fn credit(&self, user_id: i64, amount: i64) -> Result<Standing, Refusal> {
+        let account = self.account(user_id).ok_or(Refusal::Balance)?;
+        let mut account = lock(&account);
+        if account.standing.balance_nano - account.standing.held_nano + amount < 0 {
+            return Err(Refusal::Balance);
+        }
+        account.standing.balance_nano += amount;
+        Ok(account.standing)
+    }
+
+    fn standing(&self, user_id: i64) -> Option<Standing> {
+        self.account(user_id).map(|a| lock(&a).standing)
+    }
+
+    fn key_standing(&self, user_id: i64, key_id: i64) -> Option<KeyStanding> {
+        self.account(user_id)
+            .map(|a| lock(&a).keys.get(&key_id).copied().unwrap_or_default())
+    }
+}
+
+impl Ledger {
+    /// Starts the entry writer over in-memory balances opened from the store.
+    pub fn start(store: Store, openings: Vec<Opening>) -> (Arc<Ledger>, LedgerWriter) {
+        let (entries, writer) = writebehind::spawn(Entries(store));
+        let ledger = Arc::new(Ledger {
+            balances: Box::new(MemoryBalances::default()),
+            entries,
+        });
+        ledger.sync(openings);
+        (ledger, writer)
+    }
+
+    pub fn sync(&self, openings: Vec<Opening>) {
+        self.balances.sync(openings);
     }
 
     /// Holds `amount_nano` of the user's balance and the key's cap, atomically, or refuses.
@@ -221,19 +310,7 @@ impl Ledger {
         amount_nano: i64,
     ) -> Result<Reservation, Refusal> {
         let amount = amount_nano.max(0);
-        let account = self.account(user_id).ok_or(Refusal::Balance)?;
-        {
-            let mut account = lock(&account);
-            if account.standing.balance_nano - account.standing.held_nano < amount {
-                return Err(Refusal::Balance);
-            }
-            let key = account.keys.entry(key_id).or_default();
-            if key.room().is_some_and(|room| room < amount) {
-                return Err(Refusal::KeyCap);
-            }
-            key.held_nano += amount;
-            account.standing.held_nano += amount;
-        }
+        self.balances.hold(user_id, key_id, amount)?;
         Ok(Reservation {
             ledger: self.clone(),
             request_id: request_id.to_string(),
@@ -253,30 +330,7 @@ impl Ledger {
         cost: i64,
         cache: i64,
     ) -> i64 {
-        let Some(account) = self.account(user_id) else {
-            return 0;
-        };
-        let charged = {
-            let mut account = lock(&account);
-            account.standing.held_nano -= held;
-            let key = account.keys.entry(key_id).or_default();
-            key.held_nano -= held;
-            // never below zero: charge at most what the balance and the cap still have
-            let mut charged = cost;
-            if let Some(room) = key.room() {
-                charged = charged.min(room.max(0));
-            }
-            let available = account.standing.balance_nano - account.standing.held_nano;
-            charged = charged.min(available.max(0));
-            let cache_charged = cache.min(charged);
-            let key = account.keys.entry(key_id).or_default();
-            key.used_nano += charged;
-            key.cache_used_nano += cache_charged;
-            account.standing.balance_nano -= charged;
-            account.standing.used_nano += charged;
-            account.standing.cache_used_nano += cache_charged;
-            charged
-        };
+        let charged = self.balances.settle(user_id, key_id, held, cost, cache);
         let note = (charged < cost).then(|| {
             format!(
                 "uncollected {} nano-USD: balance or cap exhausted",
@@ -313,15 +367,7 @@ impl Ledger {
         amount_nano: i64,
         note: Option<String>,
     ) -> Result<Standing, Refusal> {
-        let account = self.account(user_id).ok_or(Refusal::Balance)?;
-        let standing = {
-            let mut account = lock(&account);
-            if account.standing.balance_nano - account.standing.held_nano + amount_nano < 0 {
-                return Err(Refusal::Balance);
-            }
-            account.standing.balance_nano += amount_nano;
-            account.standing
-        };
+        let standing = self.balances.credit(user_id, amount_nano)?;
         self.record(LedgerEntry {
             id: id.to_string(),
             user_id,
@@ -336,12 +382,11 @@ impl Ledger {
     }
 
     pub fn standing(&self, user_id: i64) -> Option<Standing> {
-        self.account(user_id).map(|a| lock(&a).standing)
+        self.balances.standing(user_id)
     }
 
     pub fn key_standing(&self, user_id: i64, key_id: i64) -> Option<KeyStanding> {
-        self.account(user_id)
-            .map(|a| lock(&a).keys.get(&key_id).copied().unwrap_or_default())
+        self.balances.key_standing(user_id, key_id)
     }
 
     fn record(&self, entry: LedgerEntry) {
@@ -361,7 +406,7 @@ mod tests {
     fn ledger_with(balance: i64, quota: Option<i64>) -> Arc<Ledger> {
         let (entries, _) = writebehind::captured();
         let ledger = Arc::new(Ledger {
-            accounts: RwLock::new(HashMap::new()),
+            balances: Box::new(MemoryBalances::default()),
             entries,
         });
         ledger.sync(vec![Opening {
@@ -442,7 +487,7 @@ mod tests {
         fn balances_equal_the_sum_of_their_entries(opening in 0i64..20_000, cap in proptest::option::of(0i64..15_000),
                                                     ops in proptest::collection::vec(op(), 1..60)) {
             let (entries, mut written) = writebehind::captured();
-            let ledger = Arc::new(Ledger { accounts: RwLock::new(HashMap::new()), entries });
+            let ledger = Arc::new(Ledger { balances: Box::new(MemoryBalances::default()), entries });
             ledger.sync(vec![Opening { user_id: 1, standing: Standing { balance_nano: opening, ..Default::default() }, keys: vec![(7, cap, 0, 0)] }]);
             let mut open: Vec<Reservation> = Vec::new();
             let mut captured = 0i64;
