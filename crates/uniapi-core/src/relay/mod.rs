@@ -149,6 +149,21 @@ pub fn with_request_id(mut response: Response, id: &str) -> Response {
     response
 }
 
+/// Records its log when dropped armed: the request future was cancelled because the client left.
+struct LeftEarly {
+    sink: crate::reqlog::LogSink,
+    log: Option<RequestLog>,
+}
+
+impl Drop for LeftEarly {
+    fn drop(&mut self) {
+        if let Some(mut log) = self.log.take() {
+            log.latency_ms = log.latency_ms.max(1);
+            self.sink.record(log);
+        }
+    }
+}
+
 /// Candidates in the order they will be tried: highest priority first; within a priority, a weighted
 /// random order; channels cooling down go last, so they are tried only when nothing else answers.
 pub fn order_candidates(channels: &[Arc<Channel>], now_ms: i64) -> Vec<Arc<Channel>> {
@@ -258,7 +273,7 @@ async fn attempt(
             .ok()
             .and_then(Result::ok)
             .flatten()
-            .map(|b| String::from_utf8_lossy(&b[..b.len().min(ERROR_EXCERPT)]).into_owned())
+            .map(|b| scrub(&String::from_utf8_lossy(&b), &key.secret))
             .unwrap_or_default();
         return Err(Failure {
             status: Some(status),
@@ -271,6 +286,16 @@ async fn attempt(
         .map_err(|_| timed_out())?
         .map_err(transport)?;
     Ok(Answer { response, first })
+}
+
+/// An upstream's error text for the operator's log: our key masked (some upstreams echo it), and short.
+fn scrub(text: &str, secret: &str) -> String {
+    let masked = if secret.is_empty() {
+        text.to_string()
+    } else {
+        text.replace(secret, &mask_secret(secret))
+    };
+    masked.chars().take(ERROR_EXCERPT).collect()
 }
 
 fn describe_transport(e: &reqwest::Error) -> String {
@@ -300,6 +325,16 @@ pub async fn relay(state: &AppState, ctx: CallContext, out: Outbound, bill: Bill
     }
     let routing = &state.config.routing;
     let limits = bill.remaining();
+    // a client that leaves while the upstream is still being asked is logged (its hold is released)
+    let mut left_early = LeftEarly {
+        sink: state.logs.clone(),
+        log: Some(ctx.log(
+            Some(&out.model),
+            StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+            "client_gone",
+            Some("the client closed the connection before the upstream answered".into()),
+        )),
+    };
     let mut attempts: Vec<Attempt> = Vec::new();
     let mut all_rate_limited = true;
     let mut retry_after: Option<u64> = None;
@@ -337,6 +372,8 @@ pub async fn relay(state: &AppState, ctx: CallContext, out: Outbound, bill: Bill
                 log.stream = out.stream;
                 log.attempts = attempts;
                 log.ttfb_ms = Some(elapsed_ms(ctx.started));
+                // from here the pass-through logs the request, however it ends
+                left_early.log = None;
                 let mut response =
                     passthrough::respond(state.logs.clone(), ctx.started, log, answer, &out, bill)
                         .await;
@@ -388,6 +425,7 @@ pub async fn relay(state: &AppState, ctx: CallContext, out: Outbound, bill: Bill
         )
     };
     bill.release();
+    left_early.log = None;
     let mut log = ctx.log(
         Some(&out.model),
         error.status,

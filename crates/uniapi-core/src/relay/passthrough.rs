@@ -226,7 +226,7 @@ fn stream_response(
 pub async fn respond(
     sink: LogSink,
     started: Instant,
-    mut log: RequestLog,
+    log: RequestLog,
     answer: Answer,
     out: &Outbound,
     bill: Bill,
@@ -288,6 +288,14 @@ pub async fn respond(
     if let Some(first) = first {
         body.extend_from_slice(&first);
     }
+    // until the answer is read, a client that leaves is logged (and, holding nothing, pays nothing)
+    let mut pending = Finish {
+        sink: sink.clone(),
+        started,
+        log: Some(log),
+        bill: None,
+        meter: None,
+    };
     loop {
         if body.len() > MAX_BUFFERED {
             tracing::warn!(
@@ -298,7 +306,7 @@ pub async fn respond(
             let finish = Finish {
                 sink,
                 started,
-                log: Some(log),
+                log: pending.log.take(),
                 bill: Some(bill),
                 meter: None,
             };
@@ -324,11 +332,14 @@ pub async fn respond(
                     Some("upstream_broken_answer"),
                     "The upstream provider broke its answer before it was complete. Nothing was charged.",
                 );
-                log.status = error.status.as_u16();
-                log.outcome = "upstream_cut".into();
-                log.error = Some(error.message.clone());
-                log.latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-                sink.record(log);
+                if let Some(mut log) = pending.log.take() {
+                    log.status = error.status.as_u16();
+                    log.outcome = "upstream_cut".into();
+                    log.error = Some(error.message.clone());
+                    log.latency_ms =
+                        u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    sink.record(log);
+                }
                 return axum::response::IntoResponse::into_response(error);
             }
         }
@@ -336,9 +347,11 @@ pub async fn respond(
     let body = body.freeze();
     let (units, basis) = bill.measure_body(&body);
     let charge = bill.capture(units, basis);
-    log_charge(&mut log, &charge);
-    log.latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    sink.record(log);
+    if let Some(mut log) = pending.log.take() {
+        log_charge(&mut log, &charge);
+        log.latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        sink.record(log);
+    }
     if let Ok(value) = axum::http::HeaderValue::from_str(&usd_string(charge.cost_nano)) {
         headers.insert(
             axum::http::HeaderName::from_static("x-uniapi-cost-usd"),

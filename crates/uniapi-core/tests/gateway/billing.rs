@@ -665,3 +665,24 @@ async fn images_are_priced_per_image_by_size_and_quality() {
     }
     reconciled(&gw).await;
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_before_a_json_answer_is_logged_and_pays_nothing() {
+    let sandbox = Sandbox::start().await;
+    let gw = TestGateway::start(config(vec![channel("c", &sandbox, &["gpt-4o-mini"])])).await;
+    let before = balance(&gw).await;
+    sandbox.fault(json!({"count": 1, "latency_ms": 1500})).await;
+    let url = format!("{}/v1/chat/completions", gw.url);
+    let request = http()
+        .post(url)
+        .bearer_auth(USER_KEY)
+        .json_body(&chat("slow"))
+        .timeout(std::time::Duration::from_millis(300))
+        .send();
+    assert!(request.await.is_err(), "the client should have given up");
+    let logs = gw.logs(1).await;
+    assert_eq!(logs[0]["outcome"], "client_gone");
+    assert_eq!(logs[0]["cost_nano"], 0);
+    assert_eq!(balance(&gw).await, before);
+    reconciled(&gw).await;
+}

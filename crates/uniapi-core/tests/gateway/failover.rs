@@ -276,3 +276,19 @@ async fn shutdown_drains_in_flight_streams_and_flushes_logs() {
     assert_eq!(logs.len(), 6);
     assert!(logs.iter().all(|l| l.outcome == "complete"));
 }
+
+#[tokio::test]
+async fn an_upstream_that_echoes_our_key_never_gets_it_into_the_logs() {
+    let (a, _b, gw) = two_channels().await;
+    let echo = json!({"error": {"message": format!("bad key {UPSTREAM_KEY} for this org"), "type": "server_error", "param": null, "code": null}});
+    a.fault(json!({"count": 1, "status": 500, "body": echo}))
+        .await;
+    assert_eq!(gw.chat("gpt-4o-mini").await.status(), 200);
+    let logs = gw.logs(1).await;
+    let text = logs[0].to_string();
+    assert!(text.contains("bad key"), "{text}");
+    assert!(
+        !text.contains(UPSTREAM_KEY),
+        "the upstream key reached the request log: {text}"
+    );
+}
