@@ -12,10 +12,11 @@ use crate::config::{PriceConfig, RoutingConfig};
 use crate::store::{ChannelRow, KeyRow, Store, StoreResult, UserRow};
 
 /// Provider families a channel can speak. Only kinds whose adapter exists are accepted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ChannelKind {
     Openai,
+    Suno,
 }
 
 const LATER_KINDS: &[&str] = &[
@@ -23,7 +24,6 @@ const LATER_KINDS: &[&str] = &[
     "anthropic",
     "gemini",
     "midjourney",
-    "suno",
     "udio",
     "ideogram",
     "fal",
@@ -36,16 +36,20 @@ impl ChannelKind {
     pub fn parse(kind: &str) -> Result<ChannelKind, String> {
         match kind {
             "openai" => Ok(ChannelKind::Openai),
+            "suno" => Ok(ChannelKind::Suno),
             k if LATER_KINDS.contains(&k) => Err(format!(
-                "channel kind `{k}` is not supported by this version yet (supported: openai)"
+                "channel kind `{k}` is not supported by this version yet (supported: openai, suno)"
             )),
-            k => Err(format!("unknown channel kind `{k}` (supported: openai)")),
+            k => Err(format!(
+                "unknown channel kind `{k}` (supported: openai, suno)"
+            )),
         }
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
             ChannelKind::Openai => "openai",
+            ChannelKind::Suno => "suno",
         }
     }
 }
@@ -325,6 +329,7 @@ pub struct Catalog {
     keys_by_hash: HashMap<String, Arc<ApiKey>>,
     channels: Vec<Arc<Channel>>,
     by_model: HashMap<String, Vec<Arc<Channel>>>,
+    by_kind: HashMap<ChannelKind, Vec<Arc<Channel>>>,
     pub prices: HashMap<String, Price>,
 }
 
@@ -367,6 +372,7 @@ impl Catalog {
             .collect();
         let mut all = Vec::new();
         let mut by_model: HashMap<String, Vec<Arc<Channel>>> = HashMap::new();
+        let mut by_kind: HashMap<ChannelKind, Vec<Arc<Channel>>> = HashMap::new();
         for row in channels {
             let Ok(kind) = ChannelKind::parse(&row.kind) else {
                 tracing::warn!(channel = %row.name, kind = %row.kind, "skipping a channel of an unsupported kind");
@@ -394,7 +400,11 @@ impl Catalog {
                 health: health.for_channel(row.id),
                 next_key: AtomicUsize::new(0),
             });
-            if row.enabled {
+            if row.enabled && kind != ChannelKind::Openai {
+                by_kind.entry(kind).or_default().push(channel.clone());
+            }
+            // model routing is the OpenAI family's; task families route by kind
+            if row.enabled && kind == ChannelKind::Openai {
                 let names: HashSet<&str> = channel.public_models().collect();
                 for name in names {
                     by_model
@@ -405,7 +415,7 @@ impl Catalog {
             }
             all.push(channel);
         }
-        for list in by_model.values_mut() {
+        for list in by_model.values_mut().chain(by_kind.values_mut()) {
             list.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
         }
         let prices = prices
@@ -420,12 +430,18 @@ impl Catalog {
             keys_by_hash,
             channels: all,
             by_model,
+            by_kind,
             prices,
         }
     }
 
     pub fn key_by_hash(&self, hash: &str) -> Option<&Arc<ApiKey>> {
         self.keys_by_hash.get(hash)
+    }
+
+    /// Enabled channels of a task family, highest priority first.
+    pub fn channels_of_kind(&self, kind: ChannelKind) -> &[Arc<Channel>] {
+        self.by_kind.get(&kind).map(Vec::as_slice).unwrap_or(&[])
     }
 
     /// Enabled channels serving `model`, highest priority first.

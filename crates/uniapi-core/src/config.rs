@@ -37,6 +37,7 @@ pub struct Config {
     pub routing: RoutingConfig,
     pub billing: BillingConfig,
     pub logs: LogsConfig,
+    pub tasks: TasksConfig,
     pub channels: Vec<ChannelConfig>,
     pub prices: BTreeMap<String, PriceConfig>,
     pub users: Vec<UserConfig>,
@@ -137,6 +138,25 @@ impl Default for BillingConfig {
         Self {
             credits_per_usd: 500_000,
             default_max_output_tokens: 4096,
+        }
+    }
+}
+
+/// The task engine's poller.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TasksConfig {
+    /// How often the poller looks for due tasks.
+    pub poll_interval_ms: u64,
+    /// A task still unfinished after this long fails and is refunded.
+    pub timeout_secs: u64,
+}
+
+impl Default for TasksConfig {
+    fn default() -> Self {
+        Self {
+            poll_interval_ms: 1000,
+            timeout_secs: 3600,
         }
     }
 }

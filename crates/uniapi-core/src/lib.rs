@@ -11,6 +11,7 @@ pub mod reqlog;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod tasks;
 pub mod upstream;
 pub mod writebehind;
 

@@ -26,6 +26,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(crate::relay::openai::routes())
         .merge(crate::relay::platform::routes())
+        .merge(crate::tasks::suno::routes())
         .nest("/api", crate::admin::routes(state.clone()))
         .route(
             "/healthz",
@@ -83,6 +84,7 @@ pub struct Gateway {
     pub state: AppState,
     writer: LogWriter,
     ledger_writer: crate::billing::ledger::LedgerWriter,
+    poller: tokio::task::JoinHandle<()>,
     /// Lines to show the operator once (a generated admin key, generated user keys).
     pub announcements: Vec<String>,
 }
@@ -102,10 +104,13 @@ impl Gateway {
         if retention > 0 {
             tokio::spawn(prune_logs(state.store.clone(), retention));
         }
+        // polling resumes from the store after any restart
+        let poller = tokio::spawn(crate::tasks::poll_forever(state.clone()));
         Ok(Gateway {
             state,
             writer,
             ledger_writer,
+            poller,
             announcements,
         })
     }
@@ -140,8 +145,10 @@ impl Gateway {
             state,
             writer,
             ledger_writer,
+            poller,
             ..
         } = self;
+        poller.abort();
         let store = state.store.clone();
         drop(state);
         ledger_writer.finish().await;

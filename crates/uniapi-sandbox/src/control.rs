@@ -1,5 +1,5 @@
 //! The `/__sandbox` control endpoint (no auth): queue faults, read or clear the request journal,
-//! change latency and stream shape while running, health check.
+//! change latency, stream shape and Suno task duration while running, health check.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -78,6 +78,7 @@ struct ConfigPatch {
     latency_ms: Option<u64>,
     stream_chunks: Option<usize>,
     chunk_delay_ms: Option<u64>,
+    task_ms: Option<u64>,
 }
 
 async fn update_config(State(state): State<Shared>, body: Bytes) -> Response {
@@ -93,6 +94,9 @@ async fn update_config(State(state): State<Shared>, body: Bytes) -> Response {
     }
     if let Some(v) = patch.chunk_delay_ms {
         state.live.chunk_delay_ms.store(v, Ordering::Relaxed);
+    }
+    if let Some(v) = patch.task_ms {
+        state.live.task_ms.store(v, Ordering::Relaxed);
     }
     Json(json!({"ok": true, "config": state.live.view()})).into_response()
 }

@@ -22,7 +22,7 @@ pub struct FaultRule {
     pub count: u32,
     /// Answer this status with an OpenAI error object (or `body`).
     pub status: Option<u16>,
-    /// Only calls to this exact path match; any `/v1` path when absent.
+    /// Only calls to this exact path match; any `/v1` or `/suno` path when absent.
     pub path: Option<String>,
     /// Streams send this many content chunks, then the body aborts (no finish, no `[DONE]`).
     pub cut_after: Option<usize>,

@@ -3,7 +3,7 @@
 //!
 //! Layout: a small shared core (live config, request journal, fault queue, the `/v1` gate that
 //! records, authenticates and injects faults, the `/__sandbox` control endpoint, SSE bodies) and
-//! one module per provider family (`openai` for now).
+//! one module per provider family (`openai`, `suno`).
 
 mod body;
 mod control;
@@ -14,6 +14,7 @@ mod journal;
 mod openai;
 mod sse;
 mod state;
+mod suno;
 mod text;
 
 use std::net::SocketAddr;
@@ -59,6 +60,8 @@ pub fn router(config: SandboxConfig) -> Router {
             state.clone(),
             gate::gate,
         ))
+        // Suno routes carry their own gate (Suno envelopes), on matched routes only.
+        .merge(suno::routes(state.clone()))
         .merge(control::routes())
         .with_state(state)
 }

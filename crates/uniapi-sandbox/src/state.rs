@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::SandboxConfig;
 use crate::fault::FaultQueue;
 use crate::journal::Journal;
+use crate::suno::TaskStore;
 use crate::text::fnv64;
 
 pub struct SandboxState {
@@ -16,8 +17,13 @@ pub struct SandboxState {
     pub live: LiveConfig,
     pub faults: FaultQueue,
     pub journal: Journal,
+    /// Suno tasks by id.
+    pub suno: TaskStore,
     calls: AtomicU64,
 }
+
+/// Default `task_ms`: how long a Suno task takes from submission to its terminal status.
+pub const DEFAULT_TASK_MS: u64 = 3000;
 
 impl SandboxState {
     pub fn new(config: SandboxConfig) -> Self {
@@ -27,9 +33,11 @@ impl SandboxState {
                 latency_ms: AtomicU64::new(config.latency_ms),
                 stream_chunks: AtomicUsize::new(config.stream_chunks),
                 chunk_delay_ms: AtomicU64::new(config.chunk_delay_ms),
+                task_ms: AtomicU64::new(DEFAULT_TASK_MS),
             },
             faults: FaultQueue::default(),
             journal: Journal::default(),
+            suno: TaskStore::default(),
             calls: AtomicU64::new(0),
         }
     }
@@ -47,6 +55,8 @@ pub struct LiveConfig {
     pub latency_ms: AtomicU64,
     pub stream_chunks: AtomicUsize,
     pub chunk_delay_ms: AtomicU64,
+    /// Duration of a Suno task (submission to `SUCCESS`/`FAILURE`), read at submission.
+    pub task_ms: AtomicU64,
 }
 
 #[derive(Serialize)]
@@ -54,6 +64,7 @@ pub struct LiveConfigView {
     pub latency_ms: u64,
     pub stream_chunks: usize,
     pub chunk_delay_ms: u64,
+    pub task_ms: u64,
 }
 
 impl LiveConfig {
@@ -62,8 +73,17 @@ impl LiveConfig {
             latency_ms: self.latency_ms.load(Ordering::Relaxed),
             stream_chunks: self.stream_chunks.load(Ordering::Relaxed),
             chunk_delay_ms: self.chunk_delay_ms.load(Ordering::Relaxed),
+            task_ms: self.task_ms.load(Ordering::Relaxed),
         }
     }
+}
+
+/// Unix milliseconds, for task timelines.
+pub fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 /// Unix seconds, for `created` fields.

@@ -54,6 +54,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/prices/{*model}", put(put_price).delete(delete_price))
         .route("/logs", get(list_logs))
         .route("/logs/{id}", get(get_log))
+        .route("/tasks", get(list_tasks))
         .route_layer(middleware::from_fn_with_state(state, require_admin));
     Router::new()
         .nest("/admin", admin)
@@ -602,7 +603,7 @@ async fn delete_channel(State(state): State<AppState>, Path(id): Path<i64>) -> A
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// Checks each key of a channel against the upstream with a free call (`GET /v1/models`).
+/// Checks each key of a channel against the upstream with a free call (`GET /v1/models`; Suno: an empty fetch).
 async fn test_channel(State(state): State<AppState>, Path(id): Path<i64>) -> AdminResult {
     let row = state.store.channel(id).await?;
     let kind = ChannelKind::parse(&row.kind).map_err(ApiError::invalid_request)?;
@@ -610,17 +611,17 @@ async fn test_channel(State(state): State<AppState>, Path(id): Path<i64>) -> Adm
     let mut results = Vec::new();
     for key in &row.keys {
         let started = std::time::Instant::now();
-        let url = match kind {
-            ChannelKind::Openai => format!("{base}/v1/models"),
+        let client = &state.upstream.client;
+        let request = match kind {
+            ChannelKind::Openai => client.get(format!("{base}/v1/models")),
+            ChannelKind::Suno => client
+                .post(format!("{base}/suno/fetch"))
+                .header("content-type", "application/json")
+                .body(r#"{"ids":[]}"#),
         };
         let outcome = tokio::time::timeout(
             std::time::Duration::from_secs(15),
-            state
-                .upstream
-                .client
-                .get(url)
-                .bearer_auth(&key.secret)
-                .send(),
+            request.bearer_auth(&key.secret).send(),
         )
         .await;
         let (ok, status, error) = match outcome {
@@ -685,6 +686,34 @@ async fn delete_price(State(state): State<AppState>, Path(model): Path<String>) 
 }
 
 // ---- logs
+
+#[derive(Deserialize, Default)]
+struct TaskFilter {
+    user_id: Option<i64>,
+    family: Option<String>,
+    state: Option<String>,
+    limit: Option<i64>,
+    offset: Option<i64>,
+}
+
+async fn list_tasks(
+    State(state): State<AppState>,
+    filter: Result<Query<TaskFilter>, axum::extract::rejection::QueryRejection>,
+) -> AdminResult {
+    let Query(f) = filter
+        .map_err(|e| ApiError::invalid_request(format!("Invalid query: {}", e.body_text())))?;
+    let tasks = state
+        .store
+        .tasks(
+            f.user_id,
+            f.family.as_deref(),
+            f.state.as_deref(),
+            f.limit.unwrap_or(100),
+            f.offset.unwrap_or(0),
+        )
+        .await?;
+    ok(json!({"data": tasks}))
+}
 
 async fn get_log(State(state): State<AppState>, Path(id): Path<String>) -> AdminResult {
     let filter = LogFilter {

@@ -178,6 +178,8 @@ pub trait Balances: Send + Sync {
     fn settle(&self, user_id: i64, key_id: i64, held: i64, cost: i64, cache: i64) -> i64;
     /// Adds (or removes) balance; refused when it would go below zero.
     fn credit(&self, user_id: i64, amount: i64) -> Result<Standing, Refusal>;
+    /// Gives back `amount` the key had spent (a failed task).
+    fn refund(&self, user_id: i64, key_id: i64, amount: i64);
     fn standing(&self, user_id: i64) -> Option<Standing>;
     fn key_standing(&self, user_id: i64, key_id: i64) -> Option<KeyStanding>;
 }
@@ -273,6 +275,16 @@ impl Balances for MemoryBalances {
         }
         account.standing.balance_nano += amount;
         Ok(account.standing)
+    }
+
+    fn refund(&self, user_id: i64, key_id: i64, amount: i64) {
+        if let Some(account) = self.account(user_id) {
+            let mut account = lock(&account);
+            account.standing.balance_nano += amount;
+            account.standing.used_nano -= amount;
+            let key = account.keys.entry(key_id).or_default();
+            key.used_nano -= amount;
+        }
     }
 
     fn standing(&self, user_id: i64) -> Option<Standing> {
@@ -379,6 +391,25 @@ impl Ledger {
             created_at: now_ms(),
         });
         Ok(standing)
+    }
+
+    /// Gives a failed task's charge back, as the entry `refund:<task id>`: the entry id makes a second
+    /// refund of the same task impossible in the store; the task's compare-and-swap makes it impossible here.
+    pub fn refund(&self, task_id: &str, user_id: i64, key_id: i64, amount_nano: i64) {
+        if amount_nano <= 0 {
+            return;
+        }
+        self.balances.refund(user_id, key_id, amount_nano);
+        self.record(LedgerEntry {
+            id: format!("refund:{task_id}"),
+            user_id,
+            key_id: Some(key_id),
+            kind: "refund",
+            amount_nano,
+            cache_nano: 0,
+            note: Some("task failed".into()),
+            created_at: now_ms(),
+        });
     }
 
     pub fn standing(&self, user_id: i64) -> Option<Standing> {

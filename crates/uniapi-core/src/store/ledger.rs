@@ -28,7 +28,8 @@ impl Store {
                 if inserted == 0 {
                     continue;
                 }
-                let (used, cache) = if e.kind == "capture" { (-e.amount_nano, e.cache_nano) } else { (0, 0) };
+                // a capture adds to what was used; a refund takes it back
+                let (used, cache) = match e.kind { "capture" => (-e.amount_nano, e.cache_nano), "refund" => (-e.amount_nano, 0), _ => (0, 0) };
                 sqlx::query("UPDATE users SET balance_nano = balance_nano + $1, used_nano = used_nano + $2, \
                              cache_used_nano = cache_used_nano + $3 WHERE id = $4")
                     .bind(e.amount_nano).bind(used).bind(cache).bind(e.user_id).execute(&mut *tx).await?;

@@ -20,6 +20,11 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0002_billing.sql"),
         postgres: include_str!("../../migrations/postgres/0002_billing.sql"),
     },
+    Migration {
+        version: 3,
+        sqlite: include_str!("../../migrations/sqlite/0003_tasks.sql"),
+        postgres: include_str!("../../migrations/postgres/0003_tasks.sql"),
+    },
 ];
 
 /// Splits a migration file into statements (the files hold no `;` inside strings or bodies).

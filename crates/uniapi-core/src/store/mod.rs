@@ -5,6 +5,7 @@ pub mod ledger;
 pub mod logs;
 mod migrate;
 pub mod stats;
+pub mod tasks;
 
 use std::collections::BTreeMap;
 use std::str::FromStr;

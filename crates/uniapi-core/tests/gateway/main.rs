@@ -9,3 +9,4 @@ mod failover;
 mod routing;
 mod store;
 mod support;
+mod tasks;

@@ -6,4 +6,5 @@ mod control;
 mod openai_chat;
 mod openai_media;
 mod openai_responses;
+mod suno;
 mod support;

@@ -1,0 +1,201 @@
+//! The task engine under every asynchronous family: a durable task table whose rows change only by
+//! compare-and-swap, a background poller that batches per channel and backs off by task age, a timeout
+//! that fails stuck tasks, and a refund of a failed task's charge exactly once. A family adds only its
+//! wire mapping (`suno`): submit, poll, status mapping.
+
+pub mod suno;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::catalog::Channel;
+use crate::state::AppState;
+use crate::store::now_ms;
+use crate::store::tasks::{TaskChange, TaskRow};
+
+/// The canonical states (new-api's set): what every family's status maps to.
+pub const SUBMITTED: &str = "SUBMITTED";
+pub const QUEUED: &str = "QUEUED";
+pub const IN_PROGRESS: &str = "IN_PROGRESS";
+pub const SUCCESS: &str = "SUCCESS";
+pub const FAILURE: &str = "FAILURE";
+
+/// What a poll learned about one task.
+#[derive(Clone, Debug)]
+pub struct Observed {
+    pub upstream_id: String,
+    pub state: &'static str,
+    pub progress: String,
+    pub result: Option<serde_json::Value>,
+    pub raw: serde_json::Value,
+    pub fail_reason: Option<String>,
+}
+
+/// How a batch poll of one channel went.
+pub enum PollOutcome {
+    /// Tasks the upstream reported; the others are polled again later.
+    Observed(Vec<Observed>),
+    /// The upstream asked us to slow down for this many seconds.
+    RateLimited(u64),
+    Failed(String),
+}
+
+/// When to poll a task next: soon while it is young, less often as it ages.
+pub fn next_poll_delay(age_ms: i64) -> i64 {
+    (age_ms / 10).clamp(1_000, 30_000)
+}
+
+/// Moves one task to what was observed, if it changed; a task that ends in failure is refunded by
+/// whichever poller wins the compare-and-swap, so the refund happens exactly once.
+pub async fn apply(state: &AppState, task: &TaskRow, seen: &Observed) {
+    let now = now_ms();
+    let finished = seen.state == SUCCESS || seen.state == FAILURE;
+    let change = TaskChange {
+        state: seen.state.to_string(),
+        progress: seen.progress.clone(),
+        result: seen.result.clone(),
+        raw: Some(seen.raw.clone()),
+        fail_reason: seen.fail_reason.clone(),
+        refunded: seen.state == FAILURE && task.charged_nano > 0,
+        next_poll_at: now + next_poll_delay(now - task.created_at),
+        started_at: (seen.state != SUBMITTED && seen.state != QUEUED).then_some(now),
+        finished_at: finished.then_some(now),
+    };
+    settle(state, task, change).await;
+}
+
+/// Fails a task (timeout, lost upstream) and refunds it.
+pub async fn fail(state: &AppState, task: &TaskRow, reason: &str) {
+    let now = now_ms();
+    let change = TaskChange {
+        state: FAILURE.into(),
+        progress: task.progress.clone(),
+        fail_reason: Some(reason.into()),
+        refunded: task.charged_nano > 0,
+        next_poll_at: now,
+        finished_at: Some(now),
+        ..Default::default()
+    };
+    settle(state, task, change).await;
+}
+
+async fn settle(state: &AppState, task: &TaskRow, change: TaskChange) {
+    let refund = change.refunded && !task.refunded;
+    match state
+        .store
+        .update_task(&task.id, task.version, &change)
+        .await
+    {
+        Ok(true) => {
+            if refund {
+                state
+                    .ledger
+                    .refund(&task.id, task.user_id, task.key_id, task.charged_nano);
+                tracing::info!(task = %task.id, amount = task.charged_nano, "task failed; charge refunded");
+            }
+        }
+        Ok(false) => {
+            tracing::debug!(task = %task.id, "task changed under us; another poller applied it")
+        }
+        Err(e) => tracing::warn!(task = %task.id, error = %e, "updating a task failed"),
+    }
+}
+
+/// Only pushes the next poll time (nothing new was learned).
+async fn reschedule(state: &AppState, task: &TaskRow, at: i64) {
+    let change = TaskChange {
+        state: task.state.clone(),
+        progress: task.progress.clone(),
+        refunded: task.refunded,
+        next_poll_at: at,
+        ..Default::default()
+    };
+    let _ = state
+        .store
+        .update_task(&task.id, task.version, &change)
+        .await;
+}
+
+/// Runs the poller until the process stops: due tasks, grouped by channel, polled concurrently per
+/// channel in the family's batch form.
+pub async fn poll_forever(state: AppState) {
+    let interval = Duration::from_millis(state.config.tasks.poll_interval_ms.max(50));
+    loop {
+        tokio::time::sleep(interval).await;
+        if let Err(e) = poll_once(&state).await {
+            tracing::warn!(error = %e, "task poll round failed");
+        }
+    }
+}
+
+pub async fn poll_once(state: &AppState) -> Result<(), crate::store::StoreError> {
+    let now = now_ms();
+    let due = state.store.due_tasks(now, 500).await?;
+    let timeout_ms =
+        i64::try_from(state.config.tasks.timeout_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let mut by_channel: HashMap<i64, Vec<TaskRow>> = HashMap::new();
+    for task in due {
+        if now - task.created_at > timeout_ms {
+            fail(state, &task, "the task timed out upstream").await;
+            continue;
+        }
+        by_channel.entry(task.channel_id).or_default().push(task);
+    }
+    let catalog = state.catalog.load_full();
+    let rounds = by_channel.into_iter().map(|(channel_id, tasks)| {
+        let channel = catalog.channel(channel_id).cloned();
+        poll_channel(state, channel, tasks)
+    });
+    futures_util::future::join_all(rounds).await;
+    Ok(())
+}
+
+async fn poll_channel(state: &AppState, channel: Option<Arc<Channel>>, tasks: Vec<TaskRow>) {
+    let Some(channel) = channel else {
+        // the channel was deleted: its tasks can never be learned about again
+        for task in &tasks {
+            fail(
+                state,
+                task,
+                "the channel that ran this task no longer exists",
+            )
+            .await;
+        }
+        return;
+    };
+    let outcome = match channel.kind {
+        crate::catalog::ChannelKind::Suno => suno::poll(state, &channel, &tasks).await,
+        crate::catalog::ChannelKind::Openai => return,
+    };
+    let now = now_ms();
+    match outcome {
+        PollOutcome::Observed(seen) => {
+            for task in &tasks {
+                match seen.iter().find(|s| s.upstream_id == task.upstream_id) {
+                    Some(observed) => apply(state, task, observed).await,
+                    None => {
+                        reschedule(state, task, now + next_poll_delay(now - task.created_at)).await
+                    }
+                }
+            }
+        }
+        PollOutcome::RateLimited(seconds) => {
+            let at = now + i64::try_from(seconds.max(1) * 1000).unwrap_or(60_000);
+            for task in &tasks {
+                reschedule(state, task, at).await;
+            }
+        }
+        PollOutcome::Failed(reason) => {
+            tracing::info!(channel = %channel.name, %reason, "polling tasks failed; retrying later");
+            for task in &tasks {
+                reschedule(
+                    state,
+                    task,
+                    now + next_poll_delay(now - task.created_at).max(5_000),
+                )
+                .await;
+            }
+        }
+    }
+}

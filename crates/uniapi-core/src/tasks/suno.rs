@@ -1,0 +1,463 @@
+//! Suno (the Suno-API relay protocol): `/suno/submit/{music|lyrics}`, `/suno/fetch/{id}` and the batch
+//! fetch, answered in Suno's `{"code","message","data"}` envelope. Submits are charged `suno_<action>`
+//! (or `suno_<action>:<mv>`), fetches answer from uniapi's own store, the poller batch-fetches upstream.
+
+use axum::Router;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+use super::{FAILURE, IN_PROGRESS, Observed, PollOutcome, QUEUED, SUBMITTED, SUCCESS};
+use crate::auth;
+use crate::billing::{Units, cost, usd_string};
+use crate::catalog::{ApiKey, Channel, ChannelKind};
+use crate::relay::body::read_limited;
+use crate::relay::order_candidates;
+use crate::state::AppState;
+use crate::store::now_ms;
+use crate::store::tasks::TaskRow;
+
+const FAMILY: &str = "suno";
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/suno/submit/{action}", post(submit))
+        .route("/suno/fetch", post(fetch_many))
+        .route("/suno/fetch/{id}", get(fetch_one))
+}
+
+/// Suno's error envelope.
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        axum::Json(json!({"code": code, "message": message.into(), "data": null})),
+    )
+        .into_response()
+}
+
+fn success(data: Value) -> Response {
+    axum::Json(json!({"code": "success", "message": "", "data": data})).into_response()
+}
+
+fn caller(state: &AppState, headers: &HeaderMap) -> Result<std::sync::Arc<ApiKey>, Box<Response>> {
+    auth::authenticate(&state.catalog.load(), auth::bearer(headers))
+        .map_err(|e| Box::new(error(e.status, e.code.unwrap_or("unauthorized"), e.message)))
+}
+
+fn text_field<'a>(body: &'a Value, name: &str) -> Option<&'a str> {
+    body.get(name)
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
+async fn submit(
+    State(state): State<AppState>,
+    Path(action): Path<String>,
+    request: Request,
+) -> Response {
+    let key = match caller(&state, request.headers()) {
+        Ok(key) => key,
+        Err(response) => return *response,
+    };
+    let action = match action.to_ascii_lowercase().as_str() {
+        "music" => "MUSIC",
+        "lyrics" => "LYRICS",
+        "fetch" => return fetch_many(State(state), request).await,
+        _ => return error(StatusCode::BAD_REQUEST, "invalid_request", "invalid_action"),
+    };
+    let idempotency = request
+        .headers()
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let (parts, body) = request.into_parts();
+    let bytes = match read_limited(body, &parts.headers, state.config.max_body_bytes()).await {
+        Ok(bytes) => bytes,
+        Err(e) => return error(e.status, "invalid_request", e.message),
+    };
+    let mut body: Value = match serde_json::from_slice(&bytes) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "the body must be a JSON object",
+            );
+        }
+    };
+    if action == "LYRICS" && text_field(&body, "prompt").is_none() {
+        return error(StatusCode::BAD_REQUEST, "invalid_request", "prompt_empty");
+    }
+    if action == "MUSIC"
+        && text_field(&body, "prompt").is_none()
+        && text_field(&body, "gpt_description_prompt").is_none()
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "prompt or gpt_description_prompt is required",
+        );
+    }
+    if let Some(idempotency) = &idempotency {
+        match state
+            .store
+            .task_by_idempotency(key.user_id, idempotency)
+            .await
+        {
+            Ok(Some(first)) => return success(Value::String(first.id)),
+            Ok(None) => {}
+            Err(_) => {
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "store_error",
+                    "the task store failed",
+                );
+            }
+        }
+    }
+    // a continuation runs on the channel that made its parent, with the parent's upstream id
+    let mut parent: Option<TaskRow> = None;
+    if body.get("continue_clip_id").is_some_and(|v| !v.is_null())
+        || text_field(&body, "task_id").is_some()
+    {
+        let Some(parent_id) = text_field(&body, "task_id").map(str::to_string) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "task id is empty",
+            );
+        };
+        match state.store.task(&parent_id).await {
+            Ok(Some(task)) if task.user_id == key.user_id && task.family == FAMILY => {
+                body["task_id"] = Value::String(task.upstream_id.clone());
+                parent = Some(task);
+            }
+            _ => return error(StatusCode::NOT_FOUND, "task_not_exist", "task not found"),
+        }
+    }
+    // the client's hook is uniapi's to call, never the upstream's
+    let hook = body.as_object_mut().and_then(|o| o.remove("notify_hook"));
+    let model = text_field(&body, "mv").unwrap_or("").to_string();
+    let price_name = format!("suno_{}", action.to_ascii_lowercase());
+    let catalog = state.catalog.load();
+    let price = catalog
+        .prices
+        .get(&format!("{price_name}:{model}"))
+        .or_else(|| catalog.prices.get(&price_name))
+        .cloned();
+    let Some(price) = price else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "price_missing",
+            format!("`{price_name}` has no price set; ask the operator"),
+        );
+    };
+    let candidates = match &parent {
+        Some(p) => catalog.channel(p.channel_id).cloned().into_iter().collect(),
+        None => order_candidates(catalog.channels_of_kind(ChannelKind::Suno), now_ms()),
+    };
+    drop(catalog);
+    if candidates.is_empty() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_available_channel",
+            "no Suno channel is available",
+        );
+    }
+    let task_id = format!("task_{}", uuid::Uuid::now_v7().simple());
+    let (amount, _) = cost(
+        &price,
+        &Units {
+            calls: 1,
+            ..Default::default()
+        },
+    );
+    let Ok(reservation) = state.ledger.reserve(&task_id, key.user_id, key.id, amount) else {
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "insufficient_quota",
+            format!(
+                "your balance or this key's cap cannot cover this task (${})",
+                usd_string(amount)
+            ),
+        );
+    };
+    let payload = body.to_string();
+    let mut last_failure = String::from("no channel answered");
+    for channel in candidates.iter().take(state.config.routing.max_attempts) {
+        let Some(upstream_key) = channel.pick_key() else {
+            continue;
+        };
+        let url = format!("{}/suno/submit/{action}", channel.base_url);
+        let sent = tokio::time::timeout(
+            state.upstream.first_byte_timeout,
+            state
+                .upstream
+                .client
+                .post(url)
+                .bearer_auth(&upstream_key.secret)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(payload.clone())
+                .send(),
+        )
+        .await;
+        let response = match sent {
+            Ok(Ok(response)) => response,
+            Ok(Err(_)) | Err(_) => {
+                channel
+                    .health
+                    .record_failure(&state.config.routing, now_ms());
+                last_failure = "the upstream did not answer".into();
+                continue;
+            }
+        };
+        let status = response.status();
+        if status.is_server_error()
+            || status == StatusCode::TOO_MANY_REQUESTS
+            || status == StatusCode::UNAUTHORIZED
+            || status == StatusCode::FORBIDDEN
+        {
+            channel
+                .health
+                .record_failure(&state.config.routing, now_ms());
+            last_failure = format!("the upstream answered {status}");
+            continue;
+        }
+        channel.health.record_success();
+        let answer: Value = response
+            .bytes()
+            .await
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        let upstream_id = match (answer["code"].as_str(), answer["data"].as_str()) {
+            (Some("success"), Some(id)) if !id.is_empty() => id.to_string(),
+            _ => {
+                // the upstream refused the task: it costs nothing
+                reservation.release();
+                let message = answer["message"]
+                    .as_str()
+                    .unwrap_or("the upstream refused the task")
+                    .to_string();
+                let code = answer["code"]
+                    .as_str()
+                    .unwrap_or("upstream_error")
+                    .to_string();
+                return error(StatusCode::BAD_REQUEST, &code, message);
+            }
+        };
+        let now = now_ms();
+        let task = TaskRow {
+            id: task_id.clone(),
+            user_id: key.user_id,
+            key_id: key.id,
+            family: FAMILY.into(),
+            action: action.into(),
+            price_name: price_name.clone(),
+            channel_id: channel.id,
+            upstream_id,
+            state: SUBMITTED.into(),
+            progress: "0%".into(),
+            result: None,
+            raw: None,
+            fail_reason: None,
+            charged_nano: amount,
+            refunded: false,
+            idempotency_key: idempotency.clone(),
+            request: Some(json!({"body": body, "notify_hook": hook})),
+            version: 0,
+            polls: 0,
+            next_poll_at: now + 1_000,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            updated_at: now,
+        };
+        return match state.store.insert_task(&task).await {
+            Ok(()) => {
+                reservation.capture(amount, 0);
+                success(Value::String(task_id))
+            }
+            Err(crate::store::StoreError::Conflict(_)) => {
+                // a concurrent submit with the same idempotency key won: answer with its task, charge once
+                reservation.release();
+                match state
+                    .store
+                    .task_by_idempotency(key.user_id, idempotency.as_deref().unwrap_or_default())
+                    .await
+                {
+                    Ok(Some(first)) => success(Value::String(first.id)),
+                    _ => error(
+                        StatusCode::CONFLICT,
+                        "duplicate",
+                        "a task with this idempotency key exists",
+                    ),
+                }
+            }
+            Err(e) => {
+                reservation.release();
+                tracing::error!(error = %e, task = %task_id, "storing an accepted task failed");
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "store_error",
+                    "the task could not be stored",
+                )
+            }
+        };
+    }
+    reservation.release();
+    error(
+        StatusCode::BAD_GATEWAY,
+        "upstream_error",
+        format!("no Suno channel accepted the task: {last_failure}"),
+    )
+}
+
+/// The task in Suno's TaskDto shape, from uniapi's store.
+fn dto(task: &TaskRow) -> Value {
+    let secs = |ms: Option<i64>| ms.map_or(0, |m| m / 1000);
+    let empty = if task.action == "MUSIC" {
+        json!([])
+    } else {
+        Value::Null
+    };
+    json!({
+        "task_id": task.id,
+        "notify_hook": "",
+        "action": task.action,
+        "status": task.state,
+        "fail_reason": task.fail_reason.clone().unwrap_or_default(),
+        "submit_time": task.created_at / 1000,
+        "start_time": secs(task.started_at),
+        "finish_time": secs(task.finished_at),
+        "progress": task.progress,
+        "data": task.result.clone().unwrap_or(empty),
+    })
+}
+
+async fn fetch_one(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let key = match caller(&state, &headers) {
+        Ok(key) => key,
+        Err(response) => return *response,
+    };
+    match state.store.task(&id).await {
+        Ok(Some(task)) if task.user_id == key.user_id && task.family == FAMILY => {
+            success(dto(&task))
+        }
+        Ok(_) => error(StatusCode::NOT_FOUND, "task_not_exist", "task not found"),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "store_error",
+            "the task store failed",
+        ),
+    }
+}
+
+async fn fetch_many(State(state): State<AppState>, request: Request) -> Response {
+    let key = match caller(&state, request.headers()) {
+        Ok(key) => key,
+        Err(response) => return *response,
+    };
+    let (parts, body) = request.into_parts();
+    let bytes = match read_limited(body, &parts.headers, state.config.max_body_bytes()).await {
+        Ok(bytes) => bytes,
+        Err(e) => return error(e.status, "invalid_request", e.message),
+    };
+    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let Some(ids) = body["ids"].as_array() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "`ids` must be an array of task ids",
+        );
+    };
+    let action = body["action"].as_str().map(str::to_ascii_uppercase);
+    let mut out = Vec::new();
+    for id in ids.iter().filter_map(Value::as_str).take(1000) {
+        if let Ok(Some(task)) = state.store.task(id).await
+            && task.user_id == key.user_id
+            && task.family == FAMILY
+            && action.as_deref().is_none_or(|a| a == task.action)
+        {
+            out.push(dto(&task));
+        }
+    }
+    success(Value::Array(out))
+}
+
+fn canonical(status: &str) -> &'static str {
+    match status {
+        "SUCCESS" => SUCCESS,
+        "FAILURE" => FAILURE,
+        "QUEUED" => QUEUED,
+        "NOT_START" | "SUBMITTED" => SUBMITTED,
+        _ => IN_PROGRESS,
+    }
+}
+
+/// One batch fetch for every due task of a channel.
+pub async fn poll(state: &AppState, channel: &Channel, tasks: &[TaskRow]) -> PollOutcome {
+    let Some(key) = channel.pick_key() else {
+        return PollOutcome::Failed("no enabled upstream key".into());
+    };
+    let ids: Vec<&str> = tasks.iter().map(|t| t.upstream_id.as_str()).collect();
+    let request = state
+        .upstream
+        .client
+        .post(format!("{}/suno/fetch", channel.base_url))
+        .bearer_auth(&key.secret)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(json!({"ids": ids}).to_string());
+    let response =
+        match tokio::time::timeout(std::time::Duration::from_secs(15), request.send()).await {
+            Ok(Ok(response)) => response,
+            _ => return PollOutcome::Failed("the upstream did not answer".into()),
+        };
+    if response.status() == StatusCode::TOO_MANY_REQUESTS {
+        let seconds = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        return PollOutcome::RateLimited(seconds.unwrap_or(5));
+    }
+    if !response.status().is_success() {
+        return PollOutcome::Failed(format!("the upstream answered {}", response.status()));
+    }
+    let answer: Value = response
+        .bytes()
+        .await
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null);
+    let Some(items) = answer["data"].as_array() else {
+        return PollOutcome::Failed("the upstream's fetch answer has no data".into());
+    };
+    PollOutcome::Observed(
+        items
+            .iter()
+            .filter_map(|item| {
+                let upstream_id = item["task_id"].as_str()?.to_string();
+                let state = canonical(item["status"].as_str().unwrap_or(""));
+                Some(Observed {
+                    upstream_id,
+                    state,
+                    progress: item["progress"].as_str().unwrap_or("0%").to_string(),
+                    result: item.get("data").filter(|d| !d.is_null()).cloned(),
+                    raw: item.clone(),
+                    fail_reason: item["fail_reason"]
+                        .as_str()
+                        .filter(|r| !r.is_empty())
+                        .map(str::to_string),
+                })
+            })
+            .collect(),
+    )
+}

@@ -1,0 +1,340 @@
+//! The task engine through the Suno family: submit, poll to the end, refund failures once, idempotency,
+//! ownership, restarts.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use uniapi_core::config::{Config, PriceConfig};
+
+use crate::support::*;
+
+fn suno_config(sandbox: &Sandbox) -> Config {
+    let mut suno = channel("suno", sandbox, &[]);
+    suno.kind = "suno".into();
+    let mut cfg = config(vec![suno]);
+    cfg.prices.insert(
+        "suno_music".into(),
+        PriceConfig {
+            per_call: Some(0.1),
+            ..Default::default()
+        },
+    );
+    cfg.prices.insert(
+        "suno_lyrics".into(),
+        PriceConfig {
+            per_call: Some(0.02),
+            ..Default::default()
+        },
+    );
+    cfg.tasks.poll_interval_ms = 50;
+    cfg
+}
+
+async fn suno_sandbox(task_ms: u64) -> Sandbox {
+    let sandbox = Sandbox::start().await;
+    sandbox.set(json!({"task_ms": task_ms})).await;
+    sandbox
+}
+
+async fn balance(gw: &TestGateway) -> i64 {
+    let (_, users) = gw.admin(Method::GET, "/users", None).await;
+    users["data"][0]["balance_nano"].as_i64().unwrap()
+}
+
+async fn submit(
+    gw: &TestGateway,
+    key: &str,
+    action: &str,
+    body: Value,
+    idempotency: Option<&str>,
+) -> (u16, Value) {
+    let mut request = http()
+        .post(format!("{}/suno/submit/{action}", gw.url))
+        .bearer_auth(key)
+        .json_body(&body);
+    if let Some(k) = idempotency {
+        request = request.header("idempotency-key", k);
+    }
+    json_of(request.send().await.unwrap()).await
+}
+
+async fn fetch(gw: &TestGateway, key: &str, id: &str) -> (u16, Value) {
+    json_of(
+        http()
+            .get(format!("{}/suno/fetch/{id}", gw.url))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+/// Polls uniapi's fetch route until the task ends.
+async fn until_done(gw: &TestGateway, id: &str) -> Value {
+    for _ in 0..200 {
+        let (status, body) = fetch(gw, USER_KEY, id).await;
+        assert_eq!(status, 200, "{body}");
+        let task = &body["data"];
+        if task["status"] == "SUCCESS" || task["status"] == "FAILURE" {
+            return task.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("task {id} did not finish");
+}
+
+async fn reconciled(gw: &TestGateway) {
+    let (_, body) = gw.admin(Method::GET, "/ledger/reconcile", None).await;
+    assert_eq!(body["ok"], true, "{body}");
+}
+
+#[tokio::test]
+async fn a_music_task_runs_to_success_and_is_charged_once() {
+    let sandbox = suno_sandbox(300).await;
+    let gw = TestGateway::start(suno_config(&sandbox)).await;
+    let before = balance(&gw).await;
+    let body = json!({"gpt_description_prompt": "a song about gateways", "mv": "chirp-v4", "notify_hook": "https://client.example/hook"});
+    let (status, answer) = submit(&gw, USER_KEY, "music", body, None).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["code"], "success");
+    let id = answer["data"].as_str().unwrap().to_string();
+    assert_eq!(before - balance(&gw).await, 100_000_000);
+    let (_, first) = fetch(&gw, USER_KEY, &id).await;
+    assert_eq!(first["data"]["task_id"], id.as_str());
+    let task = until_done(&gw, &id).await;
+    assert_eq!(task["status"], "SUCCESS", "{task}");
+    assert_eq!(task["progress"], "100%");
+    assert_eq!(task["data"].as_array().map(Vec::len), Some(2), "{task}");
+    // the upstream saw the channel's key, the upper-cased action, and never the client's hook
+    let journal = sandbox.journal().await;
+    let submitted = journal
+        .iter()
+        .find(|r| r["path"] == "/suno/submit/MUSIC")
+        .unwrap();
+    assert_eq!(submitted["authorization"], format!("Bearer {UPSTREAM_KEY}"));
+    assert!(
+        submitted["body_json"].get("notify_hook").is_none(),
+        "{submitted}"
+    );
+    assert!(
+        !journal
+            .iter()
+            .any(|r| r["body_json"].to_string().contains(&id)),
+        "our task id leaked upstream"
+    );
+    assert_eq!(before - balance(&gw).await, 100_000_000);
+    reconciled(&gw).await;
+}
+
+#[tokio::test]
+async fn a_failed_task_is_refunded_exactly_once() {
+    let sandbox = suno_sandbox(200).await;
+    let gw = TestGateway::start(suno_config(&sandbox)).await;
+    let before = balance(&gw).await;
+    let (status, answer) = submit(
+        &gw,
+        USER_KEY,
+        "music",
+        json!({"prompt": "this one will fail"}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let id = answer["data"].as_str().unwrap().to_string();
+    assert_eq!(before - balance(&gw).await, 100_000_000);
+    let task = until_done(&gw, &id).await;
+    assert_eq!(task["status"], "FAILURE");
+    assert!(!task["fail_reason"].as_str().unwrap().is_empty());
+    // more poll rounds change nothing
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(balance(&gw).await, before);
+    gw.state.ledger.flush().await;
+    let (_, users) = gw.admin(Method::GET, "/users", None).await;
+    let entries = gw
+        .state
+        .store
+        .ledger_entries(users["data"][0]["id"].as_i64().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        entries.iter().filter(|e| e.1 == "refund").count(),
+        1,
+        "{entries:?}"
+    );
+    reconciled(&gw).await;
+}
+
+#[tokio::test]
+async fn an_upstream_refusal_and_bad_input_cost_nothing() {
+    let sandbox = suno_sandbox(200).await;
+    let gw = TestGateway::start(suno_config(&sandbox)).await;
+    let before = balance(&gw).await;
+    let (status, answer) = submit(
+        &gw,
+        USER_KEY,
+        "music",
+        json!({"prompt": "please reject this"}),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (400, Some("error")),
+        "{answer}"
+    );
+    let calls = sandbox.calls().await;
+    for (action, body, code) in [
+        ("dance", json!({"prompt": "x"}), "invalid_request"),
+        ("lyrics", json!({}), "invalid_request"),
+        ("music", json!({"title": "no prompt"}), "invalid_request"),
+        (
+            "music",
+            json!({"prompt": "x", "task_id": "task_nope", "continue_clip_id": "c"}),
+            "task_not_exist",
+        ),
+    ] {
+        let (status, answer) = submit(&gw, USER_KEY, action, body, None).await;
+        assert!(status == 400 || status == 404, "{answer}");
+        assert_eq!(answer["code"], code, "{answer}");
+        assert!(answer["data"].is_null());
+    }
+    let (status, answer) = json_of(
+        http()
+            .get(format!("{}/suno/fetch/x", gw.url))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 401, "{answer}");
+    assert!(answer["message"].is_string());
+    assert_eq!(
+        sandbox.calls().await,
+        calls,
+        "bad input reached the upstream"
+    );
+    assert_eq!(balance(&gw).await, before);
+    reconciled(&gw).await;
+}
+
+#[tokio::test]
+async fn a_resubmit_with_the_same_idempotency_key_returns_the_first_task() {
+    let sandbox = suno_sandbox(200).await;
+    let gw = TestGateway::start(suno_config(&sandbox)).await;
+    let before = balance(&gw).await;
+    let body = json!({"prompt": "[Verse] once"});
+    let (_, first) = submit(&gw, USER_KEY, "lyrics", body.clone(), Some("order-42")).await;
+    let (_, second) = submit(&gw, USER_KEY, "lyrics", body, Some("order-42")).await;
+    assert_eq!(first["data"], second["data"]);
+    assert_eq!(before - balance(&gw).await, 20_000_000);
+    assert_eq!(
+        sandbox
+            .journal()
+            .await
+            .iter()
+            .filter(|r| r["path"] == "/suno/submit/LYRICS")
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn another_users_task_is_not_found() {
+    let sandbox = suno_sandbox(200).await;
+    let gw = TestGateway::start(suno_config(&sandbox)).await;
+    let (_, answer) = submit(&gw, USER_KEY, "music", json!({"prompt": "mine"}), None).await;
+    let id = answer["data"].as_str().unwrap().to_string();
+    let (_, bob) = gw
+        .admin(
+            Method::POST,
+            "/users",
+            Some(json!({"name": "bob", "balance_usd": 1.0})),
+        )
+        .await;
+    let (_, key) = gw
+        .admin(
+            Method::POST,
+            "/keys",
+            Some(json!({"user_id": bob["id"], "name": "b"})),
+        )
+        .await;
+    let bob_key = key["key"].as_str().unwrap().to_string();
+    let (status, answer) = fetch(&gw, &bob_key, &id).await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (404, Some("task_not_exist"))
+    );
+    let batch = http()
+        .post(format!("{}/suno/fetch", gw.url))
+        .bearer_auth(&bob_key)
+        .json_body(&json!({"ids": [id.clone()]}))
+        .send()
+        .await
+        .unwrap();
+    let (status, answer) = json_of(batch).await;
+    assert_eq!(
+        (status, answer["data"].as_array().map(Vec::len)),
+        (200, Some(0))
+    );
+    let mine = http()
+        .post(format!("{}/suno/submit/fetch", gw.url))
+        .bearer_auth(USER_KEY)
+        .json_body(&json!({"ids": [id, "task_unknown"]}))
+        .send()
+        .await
+        .unwrap();
+    let (_, answer) = json_of(mine).await;
+    assert_eq!(answer["data"].as_array().map(Vec::len), Some(1));
+}
+
+#[tokio::test]
+async fn polling_resumes_after_a_restart_and_the_money_is_right() {
+    let sandbox = suno_sandbox(800).await;
+    let cfg = suno_config(&sandbox);
+    let gw = TestGateway::start(cfg.clone()).await;
+    let before = balance(&gw).await;
+    let (_, ok) = submit(
+        &gw,
+        USER_KEY,
+        "music",
+        json!({"prompt": "survive a restart"}),
+        None,
+    )
+    .await;
+    let (_, bad) = submit(
+        &gw,
+        USER_KEY,
+        "music",
+        json!({"prompt": "fail after a restart"}),
+        None,
+    )
+    .await;
+    gw.stop().await;
+    let gw = TestGateway::start(cfg).await;
+    let ok_task = until_done(&gw, ok["data"].as_str().unwrap()).await;
+    let bad_task = until_done(&gw, bad["data"].as_str().unwrap()).await;
+    assert_eq!(
+        (ok_task["status"].as_str(), bad_task["status"].as_str()),
+        (Some("SUCCESS"), Some("FAILURE"))
+    );
+    assert_eq!(before - balance(&gw).await, 100_000_000);
+    reconciled(&gw).await;
+}
+
+#[tokio::test]
+async fn a_stuck_task_times_out_and_is_refunded() {
+    let sandbox = suno_sandbox(60_000).await;
+    let mut cfg = suno_config(&sandbox);
+    cfg.tasks.timeout_secs = 1;
+    let gw = TestGateway::start(cfg).await;
+    let before = balance(&gw).await;
+    let (_, answer) = submit(&gw, USER_KEY, "music", json!({"prompt": "forever"}), None).await;
+    let task = until_done(&gw, answer["data"].as_str().unwrap()).await;
+    assert_eq!(task["status"], "FAILURE");
+    assert!(task["fail_reason"].as_str().unwrap().contains("timed out"));
+    assert_eq!(balance(&gw).await, before);
+    let (_, tasks) = gw.admin(Method::GET, "/tasks?family=suno", None).await;
+    assert_eq!(tasks["data"][0]["refunded"], true);
+}
