@@ -124,8 +124,8 @@ impl Gateway {
     ) -> std::io::Result<()> {
         let grace = Duration::from_secs(self.state.config.server.shutdown_grace_secs);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let server =
-            axum::serve(listener, app(self.state.clone())).with_graceful_shutdown(async move {
+        let server = axum::serve(nodelay(listener), app(self.state.clone()))
+            .with_graceful_shutdown(async move {
                 shutdown.await;
                 let _ = stop_tx.send(true);
             });
@@ -303,6 +303,15 @@ fn limits_of(key: &crate::store::KeyRow) -> KeyLimits {
         tpm: key.tpm,
         max_concurrency: key.max_concurrency,
     }
+}
+
+/// Accepted sockets send each write at once: without TCP_NODELAY, Nagle's algorithm and delayed ACKs
+/// hold small SSE events back for ~40 ms on keep-alive connections.
+fn nodelay(listener: tokio::net::TcpListener) -> impl axum::serve::Listener<Addr = SocketAddr> {
+    use axum::serve::ListenerExt;
+    listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    })
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -71,6 +71,11 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     config: SandboxConfig,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    // every SSE event leaves at once (no Nagle delay on keep-alive connections)
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router(config)).await
 }
 
