@@ -91,16 +91,20 @@ pub async fn gate(
     next.run(request).await
 }
 
-fn authorize(keys: &[String], headers: &HeaderMap) -> Result<(), ApiError> {
-    let presented = headers
+/// The token of `Authorization: Bearer <token>`, for every family's gate.
+pub(crate) fn bearer_key(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             let (scheme, key) = v.trim().split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
         })
-        .filter(|key| !key.is_empty());
-    let Some(key) = presented else {
+        .filter(|key| !key.is_empty())
+}
+
+fn authorize(keys: &[String], headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(key) = bearer_key(headers) else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "invalid_request_error",

@@ -13,24 +13,6 @@ fn token_cost(prompt: u64, completion: u64) -> i64 {
     ((numerator + 999_999) / 1_000_000) as i64
 }
 
-async fn user_id(gw: &TestGateway) -> i64 {
-    let (_, users) = gw.admin(Method::GET, "/users", None).await;
-    users["data"][0]["id"].as_i64().unwrap()
-}
-
-async fn balance(gw: &TestGateway) -> i64 {
-    let (_, user) = gw
-        .admin(Method::GET, &format!("/users/{}", user_id(gw).await), None)
-        .await;
-    user["balance_nano"].as_i64().unwrap()
-}
-
-async fn reconciled(gw: &TestGateway) {
-    let (status, body) = gw.admin(Method::GET, "/ledger/reconcile", None).await;
-    assert_eq!(status, 200);
-    assert_eq!(body["ok"], true, "balances do not match the ledger: {body}");
-}
-
 fn chat(content: &str) -> Value {
     json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}]})
 }

@@ -280,3 +280,28 @@ pub async fn expect_error(response: reqwest::Response, status: u16, code: &str) 
     assert_eq!(error["code"], code, "body: {body}");
     body
 }
+
+/// The first user's id, live balance, and the ledger reconciliation check.
+pub async fn user_id(gw: &TestGateway) -> i64 {
+    let (_, users) = gw.admin(reqwest::Method::GET, "/users", None).await;
+    users["data"][0]["id"].as_i64().unwrap()
+}
+
+pub async fn balance(gw: &TestGateway) -> i64 {
+    let (_, user) = gw
+        .admin(
+            reqwest::Method::GET,
+            &format!("/users/{}", user_id(gw).await),
+            None,
+        )
+        .await;
+    user["balance_nano"].as_i64().unwrap()
+}
+
+pub async fn reconciled(gw: &TestGateway) {
+    let (status, body) = gw
+        .admin(reqwest::Method::GET, "/ledger/reconcile", None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["ok"], true, "balances do not match the ledger: {body}");
+}

@@ -37,11 +37,6 @@ async fn suno_sandbox(task_ms: u64) -> Sandbox {
     sandbox
 }
 
-async fn balance(gw: &TestGateway) -> i64 {
-    let (_, users) = gw.admin(Method::GET, "/users", None).await;
-    users["data"][0]["balance_nano"].as_i64().unwrap()
-}
-
 async fn submit(
     gw: &TestGateway,
     key: &str,
@@ -83,11 +78,6 @@ async fn until_done(gw: &TestGateway, id: &str) -> Value {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("task {id} did not finish");
-}
-
-async fn reconciled(gw: &TestGateway) {
-    let (_, body) = gw.admin(Method::GET, "/ledger/reconcile", None).await;
-    assert_eq!(body["ok"], true, "{body}");
 }
 
 #[tokio::test]

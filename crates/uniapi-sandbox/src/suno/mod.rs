@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -79,8 +79,8 @@ async fn gate(State(state): State<Shared>, request: Request, next: Next) -> Resp
     tracing::debug!(method = %parts.method, path, bytes = body.bytes.len(), "sandbox suno call");
     state.journal.record(JournalEntry::new(&parts, &body));
 
-    let authorized =
-        bearer_key(&parts.headers).is_some_and(|key| state.keys.iter().any(|k| k == key));
+    let authorized = crate::gate::bearer_key(&parts.headers)
+        .is_some_and(|key| state.keys.iter().any(|k| k == key));
     let knobs = HeaderKnobs::parse(&parts.headers);
     // Fault rules are only consumed by calls that would otherwise have been served.
     let rule = if authorized && knobs.is_ok() {
@@ -114,17 +114,6 @@ async fn gate(State(state): State<Shared>, request: Request, next: Next) -> Resp
     let mut request = Request::from_parts(parts, Body::empty());
     request.extensions_mut().insert(Arc::new(call));
     next.run(request).await
-}
-
-fn bearer_key(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, key) = v.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
-        })
-        .filter(|key| !key.is_empty())
 }
 
 /// The error a fault rule (first) or the `x-sandbox-fail-status` header asks for, in the Suno
