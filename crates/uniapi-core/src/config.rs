@@ -150,6 +150,12 @@ pub struct TasksConfig {
     pub poll_interval_ms: u64,
     /// A task still unfinished after this long fails and is refunded.
     pub timeout_secs: u64,
+    /// Let clients' callback URLs point at loopback or private addresses (refused by default: SSRF).
+    pub allow_private_callbacks: bool,
+    /// Attempts per callback delivery before it is given up.
+    pub callback_attempts: u32,
+    /// Pause before the second attempt; it doubles after each failure.
+    pub callback_backoff_ms: u64,
 }
 
 impl Default for TasksConfig {
@@ -157,6 +163,9 @@ impl Default for TasksConfig {
         Self {
             poll_interval_ms: 1000,
             timeout_secs: 3600,
+            allow_private_callbacks: false,
+            callback_attempts: 5,
+            callback_backoff_ms: 2000,
         }
     }
 }

@@ -6,13 +6,13 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::body::ParsedBody;
 use crate::error::ApiError;
-use crate::fault::{CallPlan, HeaderKnobs};
+use crate::fault::{CallPlan, FaultRule, HeaderKnobs};
 use crate::journal::JournalEntry;
 use crate::state::{SandboxState, unix_now};
 
@@ -89,6 +89,108 @@ pub async fn gate(
     let mut request = Request::from_parts(parts, Body::empty());
     request.extensions_mut().insert(Arc::new(call));
     next.run(request).await
+}
+
+/// How one task family authenticates callers and shapes its errors: all that differs between the
+/// families' gates.
+pub struct Family {
+    pub name: &'static str,
+    /// The upstream key a call carries, in this family's header.
+    pub key: fn(&HeaderMap) -> Option<&str>,
+    /// The family's error answer (`status`, a machine code, a message).
+    pub error: fn(StatusCode, &str, &str) -> Response,
+    /// Largest accepted body.
+    pub max_body: usize,
+}
+
+pub type FamilyState = (Arc<SandboxState>, &'static Family);
+
+/// The gate of a task family's routes: read the body once, journal it, check the family's key,
+/// resolve fault rules and `x-sandbox-*` knobs, wait the latency, answer any injected error in the
+/// family's envelope (or the rule's own `body`), then hand a `Call` to the handler.
+pub async fn family_gate(
+    State((state, family)): State<FamilyState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, family.max_body).await else {
+        return (family.error)(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request",
+            "request body too large",
+        );
+    };
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = ParsedBody::parse(content_type, bytes).await;
+    let path = parts.uri.path();
+    tracing::debug!(family = family.name, method = %parts.method, path, bytes = body.bytes.len(), "sandbox call");
+    state.journal.record(JournalEntry::new(&parts, &body));
+
+    let authorized =
+        (family.key)(&parts.headers).is_some_and(|key| state.keys.iter().any(|k| k == key));
+    let knobs = HeaderKnobs::parse(&parts.headers);
+    // Fault rules are only consumed by calls that would otherwise have been served.
+    let rule = if authorized && knobs.is_ok() {
+        state.faults.take(path)
+    } else {
+        None
+    };
+    let plan = CallPlan::resolve(
+        &state.live,
+        knobs.as_ref().unwrap_or(&HeaderKnobs::default()),
+        rule.as_ref(),
+    );
+    if !plan.latency.is_zero() {
+        tokio::time::sleep(plan.latency).await;
+    }
+    if !authorized {
+        return (family.error)(StatusCode::UNAUTHORIZED, "unauthorized", "invalid key");
+    }
+    let Ok(knobs) = knobs else {
+        return (family.error)(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "invalid x-sandbox header",
+        );
+    };
+    if let Some(response) = injected(family, rule.as_ref(), &knobs) {
+        return response;
+    }
+    let call = Call {
+        seed: state.call_seed(&body.bytes),
+        created: unix_now(),
+        body,
+        plan,
+    };
+    let mut request = Request::from_parts(parts, Body::empty());
+    request.extensions_mut().insert(Arc::new(call));
+    next.run(request).await
+}
+
+/// The error a fault rule (first) or the `x-sandbox-fail-status` header asks for, in the family's
+/// envelope unless the rule carries its own `body`.
+fn injected(family: &Family, rule: Option<&FaultRule>, knobs: &HeaderKnobs) -> Option<Response> {
+    let from_rule = rule.and_then(|r| {
+        let status = r.status.and_then(|s| StatusCode::from_u16(s).ok())?;
+        Some((status, r.retry_after, r.body.clone()))
+    });
+    let (status, retry_after, body) =
+        from_rule.or_else(|| knobs.fail_status.map(|s| (s, knobs.retry_after, None)))?;
+    let mut response = match body {
+        Some(body) => (status, axum::Json(body)).into_response(),
+        None => (family.error)(status, "injected", "injected"),
+    };
+    if let Some(secs) = retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    Some(response)
 }
 
 /// The token of `Authorization: Bearer <token>`, for every family's gate.

@@ -15,6 +15,7 @@ mod openai;
 mod sse;
 mod state;
 mod suno;
+mod tasks;
 mod text;
 
 use std::net::SocketAddr;

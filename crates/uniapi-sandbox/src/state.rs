@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::SandboxConfig;
 use crate::fault::FaultQueue;
 use crate::journal::Journal;
-use crate::suno::TaskStore;
+use crate::tasks::TaskStore;
 use crate::text::fnv64;
 
 pub struct SandboxState {
@@ -18,7 +18,7 @@ pub struct SandboxState {
     pub faults: FaultQueue,
     pub journal: Journal,
     /// Suno tasks by id.
-    pub suno: TaskStore,
+    pub suno: TaskStore<crate::suno::Task>,
     calls: AtomicU64,
 }
 

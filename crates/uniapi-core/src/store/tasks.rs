@@ -39,6 +39,30 @@ pub struct TaskRow {
 }
 
 impl TaskRow {
+    /// The row as it is after `change` was applied.
+    pub fn with_change(&self, change: &TaskChange) -> TaskRow {
+        let mut next = self.clone();
+        next.state = change.state.clone();
+        next.progress = change.progress.clone();
+        if change.result.is_some() {
+            next.result = change.result.clone();
+        }
+        if change.raw.is_some() {
+            next.raw = change.raw.clone();
+        }
+        if change.fail_reason.is_some() {
+            next.fail_reason = change.fail_reason.clone();
+        }
+        next.refunded = change.refunded;
+        next.next_poll_at = change.next_poll_at;
+        next.started_at = next.started_at.or(change.started_at);
+        next.finished_at = next.finished_at.or(change.finished_at);
+        next.polls += 1;
+        next.version += 1;
+        next.updated_at = now_ms();
+        next
+    }
+
     pub fn is_final(&self) -> bool {
         self.state == "SUCCESS" || self.state == "FAILURE"
     }

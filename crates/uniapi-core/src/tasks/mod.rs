@@ -3,6 +3,8 @@
 //! that fails stuck tasks, and a refund of a failed task's charge exactly once. A family adds only its
 //! wire mapping (`suno`): submit, poll, status mapping.
 
+pub mod callback;
+pub mod submit;
 pub mod suno;
 
 use std::collections::HashMap;
@@ -88,6 +90,10 @@ async fn settle(state: &AppState, task: &TaskRow, change: TaskChange) {
         .await
     {
         Ok(true) => {
+            let moved = change.state != task.state || change.progress != task.progress;
+            if moved {
+                callback::notify(state, &task.with_change(&change));
+            }
             if refund {
                 state
                     .ledger
@@ -99,6 +105,14 @@ async fn settle(state: &AppState, task: &TaskRow, change: TaskChange) {
             tracing::debug!(task = %task.id, "task changed under us; another poller applied it")
         }
         Err(e) => tracing::warn!(task = %task.id, error = %e, "updating a task failed"),
+    }
+}
+
+/// The task in its family's own fetch format: what fetch routes answer and callbacks carry.
+pub fn render(task: &TaskRow) -> serde_json::Value {
+    match task.family.as_str() {
+        "suno" => suno::dto(task),
+        _ => serde_json::json!({"id": task.id, "status": task.state, "progress": task.progress}),
     }
 }
 

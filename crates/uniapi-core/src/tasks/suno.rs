@@ -9,14 +9,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
+use super::submit::{Answer, Refusal, Submission, Upstream, idempotency_key, owned_task};
 use super::{FAILURE, IN_PROGRESS, Observed, PollOutcome, QUEUED, SUBMITTED, SUCCESS};
 use crate::auth;
-use crate::billing::{Units, cost, usd_string};
-use crate::catalog::{ApiKey, Channel, ChannelKind};
+use crate::catalog::{ApiKey, Channel, ChannelKind, UpstreamKey};
 use crate::relay::body::read_limited;
-use crate::relay::order_candidates;
 use crate::state::AppState;
-use crate::store::now_ms;
 use crate::store::tasks::TaskRow;
 
 const FAMILY: &str = "suno";
@@ -53,6 +51,54 @@ fn text_field<'a>(body: &'a Value, name: &str) -> Option<&'a str> {
         .filter(|s| !s.is_empty())
 }
 
+/// How the Suno upstream takes a submit: the relay protocol, Bearer.
+struct SunoSubmit {
+    action: &'static str,
+    payload: String,
+}
+
+impl Upstream for SunoSubmit {
+    fn request(
+        &self,
+        state: &AppState,
+        channel: &Channel,
+        key: &UpstreamKey,
+    ) -> reqwest::RequestBuilder {
+        state
+            .upstream
+            .client
+            .post(format!(
+                "{}/suno/submit/{}",
+                channel.base_url,
+                self.action.to_ascii_lowercase()
+            ))
+            .bearer_auth(&key.secret)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(self.payload.clone())
+    }
+
+    fn answer(&self, _status: StatusCode, body: &[u8]) -> Answer {
+        let answer: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        match (answer["code"].as_str(), answer["data"].as_str()) {
+            (Some("success"), Some(id)) if !id.is_empty() => Answer::Accepted {
+                upstream_id: id.to_string(),
+                raw: answer.clone(),
+            },
+            _ => Answer::Refused(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                answer["code"].as_str().unwrap_or("upstream_error"),
+                answer["message"]
+                    .as_str()
+                    .unwrap_or("the upstream refused the task"),
+            )),
+        }
+    }
+}
+
+fn refused(refusal: Refusal) -> Response {
+    error(refusal.status, &refusal.code, refusal.message)
+}
+
 async fn submit(
     State(state): State<AppState>,
     Path(action): Path<String>,
@@ -68,11 +114,7 @@ async fn submit(
         "fetch" => return fetch_many(State(state), request).await,
         _ => return error(StatusCode::BAD_REQUEST, "invalid_request", "invalid_action"),
     };
-    let idempotency = request
-        .headers()
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let idempotency = idempotency_key(request.headers());
     let (parts, body) = request.into_parts();
     let bytes = match read_limited(body, &parts.headers, state.config.max_body_bytes()).await {
         Ok(bytes) => bytes,
@@ -101,23 +143,6 @@ async fn submit(
             "prompt or gpt_description_prompt is required",
         );
     }
-    if let Some(idempotency) = &idempotency {
-        match state
-            .store
-            .task_by_idempotency(key.user_id, idempotency)
-            .await
-        {
-            Ok(Some(first)) => return success(Value::String(first.id)),
-            Ok(None) => {}
-            Err(_) => {
-                return error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "store_error",
-                    "the task store failed",
-                );
-            }
-        }
-    }
     // a continuation runs on the channel that made its parent, with the parent's upstream id
     let mut parent: Option<TaskRow> = None;
     if body.get("continue_clip_id").is_some_and(|v| !v.is_null())
@@ -130,194 +155,45 @@ async fn submit(
                 "task id is empty",
             );
         };
-        match state.store.task(&parent_id).await {
-            Ok(Some(task)) if task.user_id == key.user_id && task.family == FAMILY => {
+        match owned_task(&state, &key, FAMILY, &parent_id).await {
+            Ok(task) => {
                 body["task_id"] = Value::String(task.upstream_id.clone());
                 parent = Some(task);
             }
-            _ => return error(StatusCode::NOT_FOUND, "task_not_exist", "task not found"),
+            Err(refusal) => return refused(refusal),
         }
     }
     // the client's hook is uniapi's to call, never the upstream's
-    let hook = body.as_object_mut().and_then(|o| o.remove("notify_hook"));
+    let hook = body
+        .as_object_mut()
+        .and_then(|o| o.remove("notify_hook"))
+        .and_then(|h| h.as_str().map(str::to_string))
+        .filter(|h| !h.is_empty());
     let model = text_field(&body, "mv").unwrap_or("").to_string();
     let price_name = format!("suno_{}", action.to_ascii_lowercase());
-    let catalog = state.catalog.load();
-    let price = catalog
-        .prices
-        .get(&format!("{price_name}:{model}"))
-        .or_else(|| catalog.prices.get(&price_name))
-        .cloned();
-    let Some(price) = price else {
-        return error(
-            StatusCode::FORBIDDEN,
-            "price_missing",
-            format!("`{price_name}` has no price set; ask the operator"),
-        );
+    let submission = Submission {
+        family: FAMILY,
+        kind: ChannelKind::Suno,
+        action: action.into(),
+        price_names: vec![format!("{price_name}:{model}"), price_name],
+        parent,
+        channel_filter: None,
+        idempotency,
+        hook,
+        request: body.clone(),
     };
-    let candidates = match &parent {
-        Some(p) => catalog.channel(p.channel_id).cloned().into_iter().collect(),
-        None => order_candidates(catalog.channels_of_kind(ChannelKind::Suno), now_ms()),
+    let upstream = SunoSubmit {
+        action,
+        payload: body.to_string(),
     };
-    drop(catalog);
-    if candidates.is_empty() {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_available_channel",
-            "no Suno channel is available",
-        );
+    match super::submit::submit(&state, &key, submission, &upstream).await {
+        Ok(task) => success(Value::String(task.id)),
+        Err(refusal) => refused(refusal),
     }
-    let task_id = format!("task_{}", uuid::Uuid::now_v7().simple());
-    let (amount, _) = cost(
-        &price,
-        &Units {
-            calls: 1,
-            ..Default::default()
-        },
-    );
-    let Ok(reservation) = state.ledger.reserve(&task_id, key.user_id, key.id, amount) else {
-        return error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "insufficient_quota",
-            format!(
-                "your balance or this key's cap cannot cover this task (${})",
-                usd_string(amount)
-            ),
-        );
-    };
-    let payload = body.to_string();
-    let mut last_failure = String::from("no channel answered");
-    for channel in candidates.iter().take(state.config.routing.max_attempts) {
-        let Some(upstream_key) = channel.pick_key() else {
-            continue;
-        };
-        let url = format!("{}/suno/submit/{action}", channel.base_url);
-        let sent = tokio::time::timeout(
-            state.upstream.first_byte_timeout,
-            state
-                .upstream
-                .client
-                .post(url)
-                .bearer_auth(&upstream_key.secret)
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(payload.clone())
-                .send(),
-        )
-        .await;
-        let response = match sent {
-            Ok(Ok(response)) => response,
-            Ok(Err(_)) | Err(_) => {
-                channel
-                    .health
-                    .record_failure(&state.config.routing, now_ms());
-                last_failure = "the upstream did not answer".into();
-                continue;
-            }
-        };
-        let status = response.status();
-        if status.is_server_error()
-            || status == StatusCode::TOO_MANY_REQUESTS
-            || status == StatusCode::UNAUTHORIZED
-            || status == StatusCode::FORBIDDEN
-        {
-            channel
-                .health
-                .record_failure(&state.config.routing, now_ms());
-            last_failure = format!("the upstream answered {status}");
-            continue;
-        }
-        channel.health.record_success();
-        let answer: Value = response
-            .bytes()
-            .await
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or(Value::Null);
-        let upstream_id = match (answer["code"].as_str(), answer["data"].as_str()) {
-            (Some("success"), Some(id)) if !id.is_empty() => id.to_string(),
-            _ => {
-                // the upstream refused the task: it costs nothing
-                reservation.release();
-                let message = answer["message"]
-                    .as_str()
-                    .unwrap_or("the upstream refused the task")
-                    .to_string();
-                let code = answer["code"]
-                    .as_str()
-                    .unwrap_or("upstream_error")
-                    .to_string();
-                return error(StatusCode::BAD_REQUEST, &code, message);
-            }
-        };
-        let now = now_ms();
-        let task = TaskRow {
-            id: task_id.clone(),
-            user_id: key.user_id,
-            key_id: key.id,
-            family: FAMILY.into(),
-            action: action.into(),
-            price_name: price_name.clone(),
-            channel_id: channel.id,
-            upstream_id,
-            state: SUBMITTED.into(),
-            progress: "0%".into(),
-            result: None,
-            raw: None,
-            fail_reason: None,
-            charged_nano: amount,
-            refunded: false,
-            idempotency_key: idempotency.clone(),
-            request: Some(json!({"body": body, "notify_hook": hook})),
-            version: 0,
-            polls: 0,
-            next_poll_at: now + 1_000,
-            created_at: now,
-            started_at: None,
-            finished_at: None,
-            updated_at: now,
-        };
-        return match state.store.insert_task(&task).await {
-            Ok(()) => {
-                reservation.capture(amount, 0);
-                success(Value::String(task_id))
-            }
-            Err(crate::store::StoreError::Conflict(_)) => {
-                // a concurrent submit with the same idempotency key won: answer with its task, charge once
-                reservation.release();
-                match state
-                    .store
-                    .task_by_idempotency(key.user_id, idempotency.as_deref().unwrap_or_default())
-                    .await
-                {
-                    Ok(Some(first)) => success(Value::String(first.id)),
-                    _ => error(
-                        StatusCode::CONFLICT,
-                        "duplicate",
-                        "a task with this idempotency key exists",
-                    ),
-                }
-            }
-            Err(e) => {
-                reservation.release();
-                tracing::error!(error = %e, task = %task_id, "storing an accepted task failed");
-                error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "store_error",
-                    "the task could not be stored",
-                )
-            }
-        };
-    }
-    reservation.release();
-    error(
-        StatusCode::BAD_GATEWAY,
-        "upstream_error",
-        format!("no Suno channel accepted the task: {last_failure}"),
-    )
 }
 
 /// The task in Suno's TaskDto shape, from uniapi's store.
-fn dto(task: &TaskRow) -> Value {
+pub fn dto(task: &TaskRow) -> Value {
     let secs = |ms: Option<i64>| ms.map_or(0, |m| m / 1000);
     let empty = if task.action == "MUSIC" {
         json!([])
@@ -347,16 +223,9 @@ async fn fetch_one(
         Ok(key) => key,
         Err(response) => return *response,
     };
-    match state.store.task(&id).await {
-        Ok(Some(task)) if task.user_id == key.user_id && task.family == FAMILY => {
-            success(dto(&task))
-        }
-        Ok(_) => error(StatusCode::NOT_FOUND, "task_not_exist", "task not found"),
-        Err(_) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "store_error",
-            "the task store failed",
-        ),
+    match owned_task(&state, &key, FAMILY, &id).await {
+        Ok(task) => success(dto(&task)),
+        Err(refusal) => refused(refusal),
     }
 }
 

@@ -305,3 +305,65 @@ pub async fn reconciled(gw: &TestGateway) {
     assert_eq!(status, 200);
     assert_eq!(body["ok"], true, "balances do not match the ledger: {body}");
 }
+
+/// A local receiver for task callbacks: records every JSON body POSTed to it and answers 500 to the
+/// first `fail_first` deliveries (to prove retries).
+pub struct Receiver {
+    pub url: String,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl Receiver {
+    pub async fn start(fail_first: usize) -> Receiver {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+        let bodies: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let store = bodies.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let store = store.clone();
+                let seen = seen.clone();
+                async move {
+                    if seen.fetch_add(1, Ordering::SeqCst) < fail_first {
+                        return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+                    }
+                    let value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    store.lock().unwrap().push(value);
+                    axum::http::StatusCode::OK
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Receiver {
+            url: format!("http://{addr}/hook"),
+            bodies,
+        }
+    }
+
+    /// Bodies delivered so far (after any refused attempts).
+    pub fn bodies(&self) -> Vec<Value> {
+        self.bodies.lock().unwrap().clone()
+    }
+
+    /// Waits until a delivered body satisfies `done`, and returns every body delivered.
+    pub async fn until(&self, done: impl Fn(&Value) -> bool) -> Vec<Value> {
+        for _ in 0..300 {
+            let bodies = self.bodies();
+            if bodies.iter().any(&done) {
+                return bodies;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("no callback matched; got {:?}", self.bodies());
+    }
+}
+
+/// Lets callbacks reach the test's loopback receiver quickly.
+pub fn allow_local_callbacks(config: &mut Config) {
+    config.tasks.allow_private_callbacks = true;
+    config.tasks.callback_backoff_ms = 50;
+}

@@ -101,7 +101,7 @@ async fn a_music_task_runs_to_success_and_is_charged_once() {
     let journal = sandbox.journal().await;
     let submitted = journal
         .iter()
-        .find(|r| r["path"] == "/suno/submit/MUSIC")
+        .find(|r| r["path"] == "/suno/submit/music")
         .unwrap();
     assert_eq!(submitted["authorization"], format!("Bearer {UPSTREAM_KEY}"));
     assert!(
@@ -224,7 +224,7 @@ async fn a_resubmit_with_the_same_idempotency_key_returns_the_first_task() {
             .journal()
             .await
             .iter()
-            .filter(|r| r["path"] == "/suno/submit/LYRICS")
+            .filter(|r| r["path"] == "/suno/submit/lyrics")
             .count(),
         1
     );
@@ -327,4 +327,56 @@ async fn a_stuck_task_times_out_and_is_refunded() {
     assert_eq!(balance(&gw).await, before);
     let (_, tasks) = gw.admin(Method::GET, "/tasks?family=suno", None).await;
     assert_eq!(tasks["data"][0]["refunded"], true);
+}
+
+#[tokio::test]
+async fn callbacks_carry_each_state_change_and_are_retried() {
+    let sandbox = suno_sandbox(400).await;
+    let receiver = Receiver::start(1).await;
+    let mut cfg = suno_config(&sandbox);
+    allow_local_callbacks(&mut cfg);
+    let gw = TestGateway::start(cfg).await;
+    let body = json!({"prompt": "la la la", "notify_hook": receiver.url});
+    let (status, answer) = submit(&gw, USER_KEY, "lyrics", body, None).await;
+    assert_eq!(status, 200, "{answer}");
+    let id = answer["data"].as_str().unwrap().to_string();
+    let bodies = receiver.until(|b| b["status"] == "SUCCESS").await;
+    // every delivery is the task in Suno's own fetch format, under uniapi's id
+    for b in &bodies {
+        assert_eq!(b["task_id"], id.as_str(), "{b}");
+        assert_eq!(b["action"], "LYRICS");
+    }
+    let last = bodies.iter().find(|b| b["status"] == "SUCCESS").unwrap();
+    assert_eq!(last["progress"], "100%");
+    assert!(last["data"]["text"].is_string(), "{last}");
+    // the first delivery was refused with a 500 and retried; the upstream never saw the hook
+    let journal = sandbox.journal().await;
+    assert!(
+        !journal
+            .iter()
+            .any(|r| r["body_json"].to_string().contains(&receiver.url)),
+        "the hook leaked upstream"
+    );
+}
+
+#[tokio::test]
+async fn a_callback_to_a_private_address_is_refused_unless_allowed() {
+    let sandbox = suno_sandbox(200).await;
+    let gw = TestGateway::start(suno_config(&sandbox)).await;
+    let before = balance(&gw).await;
+    for hook in [
+        "http://127.0.0.1:9/hook",
+        "http://localhost/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://10.0.0.7/hook",
+        "ftp://example.com/hook",
+    ] {
+        let body = json!({"prompt": "la la la", "notify_hook": hook});
+        let (status, answer) = submit(&gw, USER_KEY, "lyrics", body, None).await;
+        assert_eq!(status, 400, "{hook}: {answer}");
+        assert_eq!(answer["code"], "invalid_request", "{answer}");
+        assert!(answer["message"].as_str().unwrap().contains("callback"), "{answer}");
+    }
+    assert_eq!(balance(&gw).await, before);
+    assert_eq!(sandbox.calls().await, 0);
 }

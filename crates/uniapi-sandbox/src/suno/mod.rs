@@ -11,23 +11,21 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use axum::body::Body;
-use axum::extract::{Path, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde_json::{Map, Value, json};
 
-use crate::body::ParsedBody;
-use crate::fault::{CallPlan, FaultRule, HeaderKnobs};
 use crate::gate::Call;
-use crate::journal::JournalEntry;
-use crate::state::{SandboxState, unix_now, unix_now_ms};
+use crate::state::SandboxState;
 
-pub use task::TaskStore;
-use task::{Action, MusicAsk, Task, TaskAsk};
+pub use task::Task;
+use task::{Action, MusicAsk, TaskAsk};
+
+use crate::gate::Family;
+use crate::tasks::{Timeline, has_word};
 
 type Shared = Arc<SandboxState>;
 
@@ -40,11 +38,15 @@ pub fn routes(state: Shared) -> Router<Shared> {
         .route("/suno/submit/{action}", post(submit))
         .route("/suno/fetch", post(fetch_batch))
         .route("/suno/fetch/{id}", get(fetch_one))
-        .route_layer(axum::middleware::from_fn_with_state(state, gate))
+        .route_layer(axum::middleware::from_fn_with_state(
+            (state, &GATE),
+            crate::gate::family_gate,
+        ))
 }
 
 /// `{"code": code, "message": message, "data": null}` with `status`.
 fn envelope(status: StatusCode, code: &str, message: &str) -> Response {
+    let code = if code == "injected" { "error" } else { code };
     (
         status,
         Json(json!({"code": code, "message": message, "data": null})),
@@ -52,88 +54,20 @@ fn envelope(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
+/// Suno's gate: Bearer keys, Suno envelopes.
+static GATE: Family = Family {
+    name: "suno",
+    key: crate::gate::bearer_key,
+    error: envelope,
+    max_body: MAX_BODY_BYTES,
+};
+
 fn invalid(message: &str) -> Response {
     envelope(StatusCode::BAD_REQUEST, "invalid_request", message)
 }
 
 fn success(data: Value) -> Response {
     Json(json!({"code": "success", "message": "", "data": data})).into_response()
-}
-
-async fn gate(State(state): State<Shared>, request: Request, next: Next) -> Response {
-    let (parts, body) = request.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
-        return envelope(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "invalid_request",
-            "request body too large",
-        );
-    };
-    let content_type = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let body = ParsedBody::parse(content_type, bytes).await;
-    let path = parts.uri.path();
-    tracing::debug!(method = %parts.method, path, bytes = body.bytes.len(), "sandbox suno call");
-    state.journal.record(JournalEntry::new(&parts, &body));
-
-    let authorized = crate::gate::bearer_key(&parts.headers)
-        .is_some_and(|key| state.keys.iter().any(|k| k == key));
-    let knobs = HeaderKnobs::parse(&parts.headers);
-    // Fault rules are only consumed by calls that would otherwise have been served.
-    let rule = if authorized && knobs.is_ok() {
-        state.faults.take(path)
-    } else {
-        None
-    };
-    let plan = CallPlan::resolve(
-        &state.live,
-        knobs.as_ref().unwrap_or(&HeaderKnobs::default()),
-        rule.as_ref(),
-    );
-    if !plan.latency.is_zero() {
-        tokio::time::sleep(plan.latency).await;
-    }
-    if !authorized {
-        return envelope(StatusCode::UNAUTHORIZED, "unauthorized", "invalid key");
-    }
-    let Ok(knobs) = knobs else {
-        return invalid("invalid x-sandbox header");
-    };
-    if let Some(response) = injected(rule.as_ref(), &knobs) {
-        return response;
-    }
-    let call = Call {
-        seed: state.call_seed(&body.bytes),
-        created: unix_now(),
-        body,
-        plan,
-    };
-    let mut request = Request::from_parts(parts, Body::empty());
-    request.extensions_mut().insert(Arc::new(call));
-    next.run(request).await
-}
-
-/// The error a fault rule (first) or the `x-sandbox-fail-status` header asks for, in the Suno
-/// envelope unless the rule carries its own `body`.
-fn injected(rule: Option<&FaultRule>, knobs: &HeaderKnobs) -> Option<Response> {
-    let from_rule = rule.and_then(|r| {
-        let status = r.status.and_then(|s| StatusCode::from_u16(s).ok())?;
-        Some((status, r.retry_after, r.body.clone()))
-    });
-    let (status, retry_after, body) =
-        from_rule.or_else(|| knobs.fail_status.map(|s| (s, knobs.retry_after, None)))?;
-    let body =
-        body.unwrap_or_else(|| json!({"code": "error", "message": "injected", "data": null}));
-    let mut response = (status, Json(body)).into_response();
-    if let Some(secs) = retry_after {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    }
-    Some(response)
 }
 
 /// `POST /suno/submit/{action}`: `music` or `lyrics` in any case (`fetch` is the batch fetch).
@@ -183,18 +117,16 @@ async fn submit(
     }
     let fails = prompts.iter().any(|p| has_word(p, "fail"));
     let task = Task {
-        id: task::uuid(call.seed),
+        id: crate::tasks::uuid(call.seed),
         action,
         notify_hook: text(obj, "notify_hook").unwrap_or_default(),
-        submit_ms: unix_now_ms(),
-        started: Instant::now(),
-        duration_ms: state.live.task_ms.load(Ordering::Relaxed),
+        timeline: Timeline::start(state.live.task_ms.load(Ordering::Relaxed)),
         fails,
         seed: call.seed,
         ask,
     };
     let id = task.id.clone();
-    state.suno.insert(task);
+    state.suno.insert(id.clone(), task);
     success(Value::String(id))
 }
 
@@ -243,23 +175,4 @@ fn text(obj: &Map<String, Value>, name: &str) -> Option<String> {
         .and_then(Value::as_str)
         .filter(|s| !s.trim().is_empty())
         .map(str::to_owned)
-}
-
-/// Whether `text` contains `word` as a whole word (ASCII case-insensitive).
-fn has_word(text: &str, word: &str) -> bool {
-    text.split(|c: char| !c.is_alphanumeric())
-        .any(|w| w.eq_ignore_ascii_case(word))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn words_match_whole_words_only() {
-        assert!(has_word("please FAIL, now", "fail"));
-        assert!(has_word("fail", "fail"));
-        assert!(!has_word("failure is fine", "fail"));
-        assert!(!has_word("rejected", "reject"));
-    }
 }

@@ -1,16 +1,13 @@
 //! Suno tasks: what was submitted, and the `TaskDto` (suno.md §4.1) a task shows at a given
 //! instant. Everything but ids and times is a pure function of the request.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use serde_json::{Value, json};
 
+use crate::tasks::{Phase, Timeline, iso8601, uuid};
 use crate::text::{fnv64, mix};
 
-/// Tasks kept; the oldest are forgotten first (a long benchmark must not grow without bound).
-const TASK_CAPACITY: usize = 10_000;
 /// Clips a MUSIC task yields.
 const CLIPS_PER_TASK: u64 = 2;
 const MEDIA_BASE: &str = "https://sandbox.invalid/suno";
@@ -66,51 +63,23 @@ pub struct Task {
     pub id: String,
     pub action: Action,
     pub notify_hook: String,
-    /// Unix milliseconds at submission (for the `*_time` fields).
-    pub submit_ms: u64,
-    /// Monotonic submission instant (for the phase).
-    pub started: Instant,
-    /// Submission to terminal status; `IN_PROGRESS` starts at a tenth of it.
-    pub duration_ms: u64,
+    pub timeline: Timeline,
     pub fails: bool,
     pub seed: u64,
     pub ask: TaskAsk,
 }
 
-enum Phase {
-    Submitted,
-    InProgress(u64),
-    Done,
-}
-
 impl Task {
-    fn start_after_ms(&self) -> u64 {
-        self.duration_ms / 10
-    }
-
-    fn phase(&self, now: Instant) -> Phase {
-        let elapsed = u64::try_from(now.saturating_duration_since(self.started).as_millis())
-            .unwrap_or(u64::MAX);
-        if elapsed >= self.duration_ms {
-            Phase::Done
-        } else if elapsed < self.start_after_ms() {
-            Phase::Submitted
-        } else {
-            // duration_ms > elapsed >= 0 here, so no division by zero.
-            Phase::InProgress((elapsed.saturating_mul(100) / self.duration_ms).min(99))
-        }
-    }
-
     /// The task as `GET /suno/fetch/{id}` shows it at `now`.
     pub fn dto(&self, now: Instant) -> Value {
-        let phase = self.phase(now);
-        let submit_time = self.submit_ms / 1000;
+        let phase = self.timeline.phase(now);
+        let submit_time = self.timeline.submit_ms / 1000;
         let start_time = match phase {
             Phase::Submitted => 0,
-            _ => (self.submit_ms + self.start_after_ms()) / 1000,
+            _ => self.timeline.start_ms() / 1000,
         };
         let finish_time = match phase {
-            Phase::Done => (self.submit_ms + self.duration_ms) / 1000,
+            Phase::Done => self.timeline.finish_ms() / 1000,
             _ => 0,
         };
         let (status, progress, fail_reason, data) = match (&phase, self.fails) {
@@ -203,7 +172,7 @@ impl Task {
             "video_url": video_url,
             "model_name": format!("chirp-{major}"),
             "major_model_version": major,
-            "created_at": iso8601(self.submit_ms),
+            "created_at": iso8601(self.timeline.submit_ms),
             "metadata": {
                 "tags": tags,
                 "prompt": prompt,
@@ -228,52 +197,6 @@ impl Task {
             "reaction": null,
         })
     }
-}
-
-#[derive(Default)]
-pub struct TaskStore {
-    inner: Mutex<Tasks>,
-}
-
-#[derive(Default)]
-struct Tasks {
-    by_id: HashMap<String, Arc<Task>>,
-    order: VecDeque<String>,
-}
-
-impl TaskStore {
-    pub fn insert(&self, task: Task) {
-        let mut tasks = self.lock();
-        while tasks.order.len() >= TASK_CAPACITY {
-            if let Some(old) = tasks.order.pop_front() {
-                tasks.by_id.remove(&old);
-            }
-        }
-        tasks.order.push_back(task.id.clone());
-        tasks.by_id.insert(task.id.clone(), Arc::new(task));
-    }
-
-    pub fn get(&self, id: &str) -> Option<Arc<Task>> {
-        self.lock().by_id.get(id).cloned()
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Tasks> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// A version-4-shaped uuid drawn from `seed`.
-pub fn uuid(seed: u64) -> String {
-    let a = mix(seed);
-    let b = mix(a);
-    format!(
-        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0xfff,
-        ((b >> 48) & 0x3fff) | 0x8000,
-        b & 0xffff_ffff_ffff
-    )
 }
 
 /// `chirp-v3-5` → `v3`, `chirp-auk` → `auk`.
@@ -311,49 +234,9 @@ fn lyrics(source: &str) -> String {
     format!("[Verse]\n{line}\nSung by the uniapi sandbox\n\n[Chorus]\nA deterministic song\n{line}")
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for unix milliseconds.
-fn iso8601(unix_ms: u64) -> String {
-    let secs = unix_ms / 1000;
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        unix_ms % 1000
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn iso8601_formats_known_instants() {
-        assert_eq!(iso8601(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(iso8601(1_726_911_801_123), "2024-09-21T09:43:21.123Z");
-        assert_eq!(iso8601(951_782_400_000), "2000-02-29T00:00:00.000Z");
-    }
-
-    #[test]
-    fn uuids_look_like_v4() {
-        let id = uuid(42);
-        let groups: Vec<usize> = id.split('-').map(str::len).collect();
-        assert_eq!(groups, [8, 4, 4, 4, 12]);
-        assert_eq!(id.as_bytes()[14], b'4');
-        assert_ne!(uuid(1), uuid(2));
-    }
 
     #[test]
     fn model_version_is_parsed() {

@@ -1,0 +1,262 @@
+//! Callbacks: when a client gave a hook URL (`notifyHook`, `notify_hook`, `callback_url`, `webhook`),
+//! uniapi POSTs the task in its family's format on every state change, from its own poller, with a
+//! bounded number of attempts and a growing pause between them. The upstream never sees the hook.
+//!
+//! SSRF: a hook whose host is (or resolves to) a loopback, private, link-local or otherwise internal
+//! address is refused, at submit and again before every delivery, unless the operator set
+//! `tasks.allow_private_callbacks`. Redirects are not followed.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::state::AppState;
+use crate::store::tasks::TaskRow;
+
+/// Whether an address is internal: never a callback target unless the operator allows it.
+pub fn is_internal(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => internal_v4(v4),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return internal_v4(v4);
+            }
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00 // unique local fc00::/7
+                || (first & 0xffc0) == 0xfe80 // link-local fe80::/10
+                || v6 == Ipv6Addr::LOCALHOST
+        }
+    }
+}
+
+fn internal_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, ..] = ip.octets();
+    ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_unspecified()
+        || ip.is_broadcast()
+        || ip.is_multicast()
+        || ip.is_documentation()
+        || a == 0
+        || (a == 100 && (64..128).contains(&b)) // shared address space (carrier NAT)
+        || (a == 198 && (b == 18 || b == 19)) // benchmarking
+        || a >= 240 // reserved
+}
+
+/// Why a hook URL cannot be called.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Unfit {
+    /// Never acceptable: a bad URL or an internal address.
+    Refused(String),
+    /// Its host does not resolve now (it may later).
+    Unresolved,
+}
+
+impl std::fmt::Display for Unfit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unfit::Refused(reason) => f.write_str(reason),
+            Unfit::Unresolved => f.write_str("the host does not resolve"),
+        }
+    }
+}
+
+/// Checks a hook URL: http(s), a host, and (unless `allow_private`) no internal address behind it.
+pub async fn check_target(url: &str, allow_private: bool) -> Result<(), Unfit> {
+    check(url, allow_private).await.map_err(|e| match e {
+        Some(reason) => Unfit::Refused(reason),
+        None => Unfit::Unresolved,
+    })
+}
+
+/// `Err(None)`: the host did not resolve.
+async fn check(url: &str, allow_private: bool) -> Result<(), Option<String>> {
+    let parsed = reqwest::Url::parse(url).map_err(|_| Some("not a valid URL".to_string()))?;
+    if parsed.scheme() != "http" && parsed.scheme() != "https" {
+        return Err(Some("only http and https callbacks are allowed".into()));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(Some(
+            "credentials in the callback URL are not allowed".into(),
+        ));
+    }
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| Some("the URL has no host".to_string()))?;
+    if allow_private {
+        return Ok(());
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.eq_ignore_ascii_case("localhost") || host.ends_with(".localhost") {
+        return Err(Some(
+            "loopback and private addresses are not allowed".into(),
+        ));
+    }
+    let port = parsed.port_or_known_default().unwrap_or(80);
+    let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![ip],
+        Err(_) => tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::net::lookup_host((host, port)),
+        )
+        .await
+        .map_err(|_| None)?
+        .map_err(|_| None)?
+        .map(|a| a.ip())
+        .collect(),
+    };
+    if addrs.is_empty() {
+        return Err(None);
+    }
+    if addrs.into_iter().any(is_internal) {
+        return Err(Some(
+            "loopback and private addresses are not allowed".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The hook of a stored task, if the client gave one.
+pub fn hook_of(task: &TaskRow) -> Option<String> {
+    task.request
+        .as_ref()?
+        .get("notify_hook")?
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+fn client() -> &'static reqwest::Client {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap_or_default()
+    })
+}
+
+/// Delivers `task` (as it is now) to its hook in the background, if it has one.
+pub fn notify(state: &AppState, task: &TaskRow) {
+    let Some(hook) = hook_of(task) else {
+        return;
+    };
+    let body = super::render(task);
+    let attempts = state.config.tasks.callback_attempts.max(1);
+    let allow_private = state.config.tasks.allow_private_callbacks;
+    let first_pause = Duration::from_millis(state.config.tasks.callback_backoff_ms.max(10));
+    let id = task.id.clone();
+    tokio::spawn(async move {
+        deliver(&id, &hook, &body, attempts, allow_private, first_pause).await;
+    });
+}
+
+async fn deliver(
+    task: &str,
+    hook: &str,
+    body: &Value,
+    attempts: u32,
+    allow_private: bool,
+    first_pause: Duration,
+) {
+    let mut pause = first_pause;
+    for attempt in 1..=attempts {
+        match check_target(hook, allow_private).await {
+            Ok(()) => {}
+            Err(Unfit::Refused(reason)) => {
+                tracing::warn!(task, %reason, "callback target refused");
+                return;
+            }
+            Err(Unfit::Unresolved) => {
+                tracing::info!(task, attempt, "callback host does not resolve");
+                if attempt < attempts {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(300));
+                }
+                continue;
+            }
+        }
+        let sent = client()
+            .post(hook)
+            .header("content-type", "application/json")
+            .header("user-agent", "uniapi-callback")
+            .body(body.to_string())
+            .send()
+            .await;
+        match sent {
+            Ok(response) if response.status().is_success() => {
+                tracing::debug!(task, attempt, "callback delivered");
+                return;
+            }
+            Ok(response) => {
+                tracing::info!(task, attempt, status = %response.status(), "callback refused by the receiver")
+            }
+            Err(_) => tracing::info!(task, attempt, "callback receiver did not answer"),
+        }
+        if attempt < attempts {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(300));
+        }
+    }
+    tracing::warn!(task, attempts, "callback given up after every attempt");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_addresses_are_recognised() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(is_internal(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111"] {
+            assert!(!is_internal(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[tokio::test]
+    async fn targets_are_checked() {
+        assert!(check_target("http://127.0.0.1:9/x", false).await.is_err());
+        assert!(check_target("http://localhost/x", false).await.is_err());
+        assert!(check_target("http://[::1]/x", false).await.is_err());
+        assert!(
+            check_target("http://169.254.169.254/latest", false)
+                .await
+                .is_err()
+        );
+        assert!(check_target("ftp://8.8.8.8/x", false).await.is_err());
+        assert!(check_target("not a url", false).await.is_err());
+        assert!(
+            check_target("http://user:pw@8.8.8.8/", false)
+                .await
+                .is_err()
+        );
+        assert!(check_target("https://8.8.8.8/hook", false).await.is_ok());
+        assert!(check_target("http://127.0.0.1:9/x", true).await.is_ok());
+        assert_eq!(
+            check_target("http://no-such-host.invalid/x", false).await,
+            Err(Unfit::Unresolved)
+        );
+    }
+}
