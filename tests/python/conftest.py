@@ -37,7 +37,7 @@ MAX_BODY_MB = 1
 STARTUP_TIMEOUT = 30.0
 LOG_TIMEOUT = 5.0
 # The sandbox's shape in demo mode; tests that change it get it back after them.
-SANDBOX_DEFAULTS = {"latency_ms": 0, "stream_chunks": 8, "chunk_delay_ms": 0}
+SANDBOX_DEFAULTS = {"latency_ms": 0, "stream_chunks": 8, "chunk_delay_ms": 0, "task_ms": 3000}
 
 # A reply of the sandbox: "<prefix> <first 60 chars of the prompt> — a deterministic answer ..."
 REPLY_TAIL = "— a deterministic answer from the uniapi sandbox."
@@ -217,6 +217,36 @@ class Gateway:
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    # ---- money and tasks
+
+    def balance_nano(self, user_id: Optional[int] = None) -> int:
+        """A user's balance in nano-USD (the demo user's by default), from the admin API."""
+        result = self.admin("GET", f"/users/{user_id or self.demo_user_id()}")
+        assert result.status == 200, result.body
+        return result.json()["balance_nano"]
+
+    def task(self, task_id: str) -> dict[str, Any]:
+        """uniapi's stored task (admin view): state, charged_nano, refunded, channel_id, ..."""
+        result = self.admin("GET", f"/tasks/{task_id}")
+        assert result.status == 200, result.body
+        return result.json()
+
+    def wait_task(self, task_id: str, timeout: float = 20.0) -> dict[str, Any]:
+        """Waits until the stored task is SUCCESS or FAILURE (the poller's work), and returns it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            task = self.task(task_id)
+            if task["state"] in ("SUCCESS", "FAILURE"):
+                return task
+            if time.monotonic() > deadline:
+                raise AssertionError(f"task {task_id} still {task['state']} after {timeout}s")
+            time.sleep(0.1)
+
+    def ledger_reconciles(self) -> None:
+        result = self.admin("GET", "/ledger/reconcile")
+        assert result.status == 200, result.body
+        assert result.json()["ok"] is True, result.json()
+
 
 def _clean_env(workdir: Path) -> dict[str, str]:
     env = {
@@ -229,6 +259,10 @@ def _clean_env(workdir: Path) -> dict[str, str]:
     env["UNIAPI_SERVER__MAX_BODY_MB"] = str(MAX_BODY_MB)
     env["UNIAPI_LOG"] = "info,sqlx=warn,hyper=warn,reqwest=warn"
     env["NO_PROXY"] = env["no_proxy"] = _LOOPBACK
+    # tasks: poll often, and let callbacks reach the tests' loopback receiver quickly
+    env["UNIAPI_TASKS__POLL_INTERVAL_MS"] = "100"
+    env["UNIAPI_TASKS__ALLOW_PRIVATE_CALLBACKS"] = "true"
+    env["UNIAPI_TASKS__CALLBACK_BACKOFF_MS"] = "100"
     return env
 
 
@@ -338,6 +372,73 @@ def make_key(gateway: Gateway) -> Any:
     yield make
     for key_id in created:
         gateway.admin("DELETE", f"/keys/{key_id}")
+
+
+@pytest.fixture
+def other_key(gateway: Gateway) -> Any:
+    """The full API key of a second user (with a balance), for ownership tests; deleted afterwards."""
+    name = f"other-{os.getpid()}-{time.monotonic_ns()}"
+    user = gateway.admin("POST", "/users", {"name": name, "balance_usd": 5.0})
+    assert user.status == 201, user.body
+    user_id = user.json()["id"]
+    key = gateway.admin("POST", "/keys", {"user_id": user_id, "name": "other"})
+    assert key.status == 201, key.body
+    yield key.json()["key"]
+    gateway.admin("DELETE", f"/users/{user_id}")
+
+
+class Receiver:
+    """A local HTTP server that records the JSON bodies POSTed to it (task callbacks)."""
+
+    def __init__(self, fail_first: int = 0) -> None:
+        import http.server
+        import threading
+
+        self.bodies: list[Any] = []
+        self.attempts = 0
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                receiver.attempts += 1
+                if receiver.attempts <= fail_first:
+                    self.send_response(500)
+                    self.end_headers()
+                    return
+                receiver.bodies.append(json.loads(raw or b"null"))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def wait_for(self, predicate: Any, timeout: float = 20.0) -> list[Any]:
+        """Waits until a delivered body satisfies `predicate`; returns every body delivered."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(predicate(b) for b in list(self.bodies)):
+                return list(self.bodies)
+            time.sleep(0.05)
+        raise AssertionError(f"no callback matched within {timeout}s; got {self.bodies}")
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Any:
+    """A callback receiver whose first delivery is refused with a 500 (so retries are exercised)."""
+    r = Receiver(fail_first=1)
+    yield r
+    r.close()
 
 
 @pytest.fixture

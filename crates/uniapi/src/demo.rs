@@ -20,6 +20,12 @@ const TOKEN_MODELS: &[(&str, f64, f64)] = &[
     ("omni-moderation-latest", 0.0, 0.0),
 ];
 
+/// (kind, channel name) of the task families the demo serves from the sandbox.
+const TASK_CHANNELS: &[(&str, &str)] = &[("suno", "sandbox-suno")];
+
+/// Per-call prices (USD) of the demo's task actions.
+const TASK_PRICES: &[(&str, f64)] = &[("suno_music", 0.10), ("suno_lyrics", 0.02)];
+
 pub struct DemoSetup {
     pub sandbox: SocketAddr,
 }
@@ -51,6 +57,31 @@ pub async fn prepare(config: &mut Config) -> anyhow::Result<DemoSetup> {
         modes: None,
         enabled: true,
     });
+    // every task family of the sandbox, as a channel of its kind
+    for (kind, name) in TASK_CHANNELS {
+        config.channels.retain(|c| c.name != *name);
+        config.channels.push(ChannelConfig {
+            name: (*name).into(),
+            kind: (*kind).into(),
+            base_url: format!("http://{sandbox}"),
+            keys: vec![SANDBOX_KEY.into()],
+            models: Vec::new(),
+            model_map: Default::default(),
+            priority: 0,
+            weight: 1,
+            modes: None,
+            enabled: true,
+        });
+    }
+    for (name, usd) in TASK_PRICES {
+        config
+            .prices
+            .entry((*name).to_string())
+            .or_insert(PriceConfig {
+                per_call: Some(*usd),
+                ..Default::default()
+            });
+    }
     for (model, input, output) in TOKEN_MODELS {
         let price = if *input == 0.0 && *output == 0.0 {
             PriceConfig {

@@ -55,6 +55,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/logs", get(list_logs))
         .route("/logs/{id}", get(get_log))
         .route("/tasks", get(list_tasks))
+        .route("/tasks/{id}", get(get_task))
         .route_layer(middleware::from_fn_with_state(state, require_admin));
     Router::new()
         .nest("/admin", admin)
@@ -713,6 +714,16 @@ async fn list_tasks(
         )
         .await?;
     ok(json!({"data": tasks}))
+}
+
+async fn get_task(State(state): State<AppState>, Path(id): Path<String>) -> AdminResult {
+    match state.store.task(&id).await? {
+        Some(task) => ok(json!(task)),
+        None => Err(ApiError::not_found(
+            "task_not_found",
+            format!("no task `{id}`"),
+        )),
+    }
 }
 
 async fn get_log(State(state): State<AppState>, Path(id): Path<String>) -> AdminResult {

@@ -375,7 +375,10 @@ async fn a_callback_to_a_private_address_is_refused_unless_allowed() {
         let (status, answer) = submit(&gw, USER_KEY, "lyrics", body, None).await;
         assert_eq!(status, 400, "{hook}: {answer}");
         assert_eq!(answer["code"], "invalid_request", "{answer}");
-        assert!(answer["message"].as_str().unwrap().contains("callback"), "{answer}");
+        assert!(
+            answer["message"].as_str().unwrap().contains("callback"),
+            "{answer}"
+        );
     }
     assert_eq!(balance(&gw).await, before);
     assert_eq!(sandbox.calls().await, 0);
