@@ -298,3 +298,107 @@ fn demo_mode_prints_a_working_key_and_an_admin_key_once() {
     );
     second.terminate();
 }
+
+fn get(url: &str, key: &str) -> (u16, String) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let response = reqwest::Client::new()
+            .get(url)
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    })
+}
+
+/// Kill the gateway (SIGKILL) right after two task submits, start it again on the same database:
+/// polling resumes, both tasks finish, the successful one stays charged once and the failed one is
+/// refunded once.
+#[test]
+fn tasks_survive_a_kill_and_the_money_is_right() {
+    let dir = temp_dir();
+    let mut sandbox = Running::start(
+        &[
+            "sandbox",
+            "--listen",
+            "127.0.0.1:0",
+            "--key",
+            "sk-upstream-cli",
+        ],
+        &dir,
+        &[],
+    );
+    let sandbox_url = sandbox.url();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        reqwest::Client::new()
+            .put(format!("{sandbox_url}/__sandbox/config"))
+            .header("content-type", "application/json")
+            .body(r#"{"task_ms": 1500}"#)
+            .send()
+            .await
+            .unwrap();
+    });
+    let db = format!("sqlite://{}", dir.join("tasks.db").display());
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[database]\nurl = \"{db}\"\n[admin]\nkey = \"cli-admin-key-0123456789\"\n\
+         [tasks]\npoll_interval_ms = 100\n\
+         [[channels]]\nname = \"suno\"\nkind = \"suno\"\nbase_url = \"{sandbox_url}\"\nkeys = [\"sk-upstream-cli\"]\n\
+         [prices.suno_lyrics]\nper_call = 0.02\n[[users]]\nname = \"u\"\nbalance_usd = 1.0\n[[users.keys]]\nname = \"k\"\nkey = \"{USER_KEY}\"\n"
+    );
+    std::fs::write(dir.join("tasks.toml"), config).unwrap();
+    let mut gateway = Running::start(&["serve", "--config", "tasks.toml"], &dir, &[]);
+    let url = gateway.url();
+    let mut ids = Vec::new();
+    for prompt in ["a calm song", "please fail"] {
+        let (status, body) = post(
+            &format!("{url}/suno/submit/lyrics"),
+            USER_KEY,
+            &serde_json::json!({ "prompt": prompt }).to_string(),
+        );
+        assert_eq!(status, 200, "{body}");
+        let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+        ids.push(answer["data"].as_str().unwrap().to_string());
+    }
+    // at once: nothing has had time to be written behind
+    gateway.child.kill().unwrap();
+    gateway.child.wait().unwrap();
+
+    let mut gateway = Running::start(&["serve", "--config", "tasks.toml"], &dir, &[]);
+    let url = gateway.url();
+    let mut states = Vec::new();
+    for id in &ids {
+        let mut state = String::new();
+        for _ in 0..100 {
+            let (status, body) = get(&format!("{url}/suno/fetch/{id}"), USER_KEY);
+            assert_eq!(status, 200, "{body}");
+            let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+            state = answer["data"]["status"].as_str().unwrap().to_string();
+            if state == "SUCCESS" || state == "FAILURE" {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        states.push(state);
+    }
+    assert_eq!(states, ["SUCCESS", "FAILURE"]);
+    gateway.terminate();
+    runtime.block_on(async {
+        let store = uniapi_core::store::Store::connect(&db, 1).await.unwrap();
+        let user = store.user_by_name("u").await.unwrap().unwrap();
+        assert_eq!(user.balance_nano, 1_000_000_000 - 20_000_000);
+        let checks = store.balance_checks().await.unwrap();
+        assert!(
+            checks.iter().all(|c| c.balance_nano == c.entries_nano),
+            "{checks:?}"
+        );
+    });
+    sandbox.terminate();
+}

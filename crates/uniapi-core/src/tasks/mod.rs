@@ -98,6 +98,8 @@ async fn settle(state: &AppState, task: &TaskRow, change: TaskChange) {
                 state
                     .ledger
                     .refund(&task.id, task.user_id, task.key_id, task.charged_nano);
+                // the task says "refunded" durably: so must the ledger
+                state.ledger.flush().await;
                 tracing::info!(task = %task.id, amount = task.charged_nano, "task failed; charge refunded");
             }
         }

@@ -281,6 +281,9 @@ pub async fn submit(
         return match state.store.insert_task(&task).await {
             Ok(()) => {
                 reservation.capture(amount, 0);
+                // the task row is durable now; its charge must be too before the client hears of it
+                // (a refund of a charge the write-behind lost in a crash would pay the user)
+                state.ledger.flush().await;
                 let mut log = ctx.log(Some(&price_name), StatusCode::OK, "complete", None);
                 log.channel_id = Some(channel.id);
                 log.cost_nano = amount;
