@@ -3,7 +3,9 @@
 
 use serde::Serialize;
 
-use super::{Store, StoreResult, with_pool};
+use std::collections::{BTreeMap, HashSet};
+
+use super::{Store, StoreResult, safe, with_pool};
 use crate::billing::ledger::{LedgerEntry, Opening, Standing};
 
 /// One user's stored balance next to the sum of their ledger entries.
@@ -14,29 +16,83 @@ pub struct BalanceCheck {
     pub entries_nano: i64,
 }
 
+/// Entries per INSERT statement (8 parameters each: far below either database's limit).
+const ENTRY_CHUNK: usize = 256;
+
+fn insert_entries_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO ledger_entries (id, user_id, key_id, kind, amount_nano, cache_nano, note, created_at) VALUES ",
+    );
+    for row in 0..rows {
+        let n = row * 8;
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!(
+            "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+            n + 1,
+            n + 2,
+            n + 3,
+            n + 4,
+            n + 5,
+            n + 6,
+            n + 7,
+            n + 8
+        ));
+    }
+    sql.push_str(" ON CONFLICT (id) DO NOTHING RETURNING id");
+    sql
+}
+
 impl Store {
     pub async fn apply_ledger_entries(&self, entries: &[LedgerEntry]) -> StoreResult<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        // one multi-row INSERT per chunk tells which entries are new; the balances then move once per
+        // user and key for the whole batch (a handful of statements instead of three per entry)
+        let mut users: BTreeMap<i64, (i64, i64, i64)> = BTreeMap::new();
+        let mut keys: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            for e in entries {
-                let inserted = sqlx::query(
-                    "INSERT INTO ledger_entries (id, user_id, key_id, kind, amount_nano, cache_nano, note, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING")
-                    .bind(&e.id).bind(e.user_id).bind(e.key_id).bind(e.kind).bind(e.amount_nano).bind(e.cache_nano)
-                    .bind(&e.note).bind(e.created_at)
-                    .execute(&mut *tx).await?.rows_affected();
-                if inserted == 0 {
-                    continue;
+            for chunk in entries.chunks(ENTRY_CHUNK) {
+                let sql = insert_entries_sql(chunk.len());
+                let mut query = sqlx::query_scalar::<_, String>(safe(&sql));
+                for e in chunk {
+                    query = query.bind(&e.id).bind(e.user_id).bind(e.key_id).bind(e.kind).bind(e.amount_nano)
+                        .bind(e.cache_nano).bind(&e.note).bind(e.created_at);
                 }
-                // a capture adds to what was used; a refund takes it back
-                let (used, cache) = match e.kind { "capture" => (-e.amount_nano, e.cache_nano), "refund" => (-e.amount_nano, 0), _ => (0, 0) };
+                let mut inserted: HashSet<String> = query.fetch_all(&mut *tx).await?.into_iter().collect();
+                for e in chunk {
+                    // an id twice in one batch is inserted (and applied) once
+                    if !inserted.remove(&e.id) {
+                        continue;
+                    }
+                    // a capture adds to what was used; a refund takes it back
+                    let (used, cache) = match e.kind {
+                        "capture" => (-e.amount_nano, e.cache_nano),
+                        "refund" => (-e.amount_nano, 0),
+                        _ => (0, 0),
+                    };
+                    let user = users.entry(e.user_id).or_default();
+                    user.0 += e.amount_nano;
+                    user.1 += used;
+                    user.2 += cache;
+                    if let Some(key_id) = e.key_id.filter(|_| used != 0 || cache != 0) {
+                        let key = keys.entry(key_id).or_default();
+                        key.0 += used;
+                        key.1 += cache;
+                    }
+                }
+            }
+            for (user_id, (amount, used, cache)) in &users {
                 sqlx::query("UPDATE users SET balance_nano = balance_nano + $1, used_nano = used_nano + $2, \
                              cache_used_nano = cache_used_nano + $3 WHERE id = $4")
-                    .bind(e.amount_nano).bind(used).bind(cache).bind(e.user_id).execute(&mut *tx).await?;
-                if let Some(key_id) = e.key_id.filter(|_| used != 0 || cache != 0) {
-                    sqlx::query("UPDATE api_keys SET used_nano = used_nano + $1, cache_used_nano = cache_used_nano + $2 WHERE id = $3")
-                        .bind(used).bind(cache).bind(key_id).execute(&mut *tx).await?;
-                }
+                    .bind(amount).bind(used).bind(cache).bind(user_id).execute(&mut *tx).await?;
+            }
+            for (key_id, (used, cache)) in &keys {
+                sqlx::query("UPDATE api_keys SET used_nano = used_nano + $1, cache_used_nano = cache_used_nano + $2 WHERE id = $3")
+                    .bind(used).bind(cache).bind(key_id).execute(&mut *tx).await?;
             }
             tx.commit().await?;
         });

@@ -119,6 +119,29 @@ macro_rules! log_from_row {
     }};
 }
 
+/// Logs per INSERT statement (22 parameters each: far below either database's limit).
+const LOG_CHUNK: usize = 128;
+const LOG_FIELDS: usize = 22;
+
+fn insert_logs_sql(rows: usize) -> String {
+    let mut sql = format!("INSERT INTO request_logs ({LOG_COLUMNS}) VALUES ");
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for col in 0..LOG_FIELDS {
+            if col > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${}", row * LOG_FIELDS + col + 1));
+        }
+        sql.push(')');
+    }
+    sql.push_str(" ON CONFLICT (id) DO NOTHING");
+    sql
+}
+
 impl Store {
     /// Writes a batch in one transaction; a log id seen twice is written once.
     pub async fn insert_logs(&self, logs: &[RequestLog]) -> StoreResult<()> {
@@ -127,23 +150,22 @@ impl Store {
         }
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            for log in logs {
-                let attempts = serde_json::to_string(&log.attempts).unwrap_or_else(|_| "[]".into());
-                sqlx::query(
-                    "INSERT INTO request_logs (id, created_at, user_id, key_id, method, path, model, upstream_model, channel_id, \
-                     status, stream, outcome, attempts, latency_ms, ttfb_ms, error, input_tokens, cached_tokens, output_tokens, \
-                     reasoning_tokens, cost_nano, cost_detail) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22) \
-                     ON CONFLICT (id) DO NOTHING")
-                    .bind(&log.id).bind(log.created_at).bind(log.user_id).bind(log.key_id).bind(&log.method)
-                    .bind(&log.path).bind(&log.model).bind(&log.upstream_model).bind(log.channel_id)
-                    .bind(i64::from(log.status)).bind(log.stream).bind(&log.outcome).bind(attempts)
-                    .bind(i64::try_from(log.latency_ms).unwrap_or(i64::MAX))
-                    .bind(log.ttfb_ms.and_then(|v| i64::try_from(v).ok())).bind(&log.error)
-                    .bind(signed(log.input_tokens)).bind(signed(log.cached_tokens)).bind(signed(log.output_tokens))
-                    .bind(signed(log.reasoning_tokens)).bind(log.cost_nano)
-                    .bind(log.cost_detail.as_ref().map(|d| d.to_string()))
-                    .execute(&mut *tx).await?;
+            for chunk in logs.chunks(LOG_CHUNK) {
+                let sql = insert_logs_sql(chunk.len());
+                let mut query = sqlx::query(safe(&sql));
+                for log in chunk {
+                    let attempts = serde_json::to_string(&log.attempts).unwrap_or_else(|_| "[]".into());
+                    query = query
+                        .bind(&log.id).bind(log.created_at).bind(log.user_id).bind(log.key_id).bind(&log.method)
+                        .bind(&log.path).bind(&log.model).bind(&log.upstream_model).bind(log.channel_id)
+                        .bind(i64::from(log.status)).bind(log.stream).bind(&log.outcome).bind(attempts)
+                        .bind(i64::try_from(log.latency_ms).unwrap_or(i64::MAX))
+                        .bind(log.ttfb_ms.and_then(|v| i64::try_from(v).ok())).bind(&log.error)
+                        .bind(signed(log.input_tokens)).bind(signed(log.cached_tokens)).bind(signed(log.output_tokens))
+                        .bind(signed(log.reasoning_tokens)).bind(log.cost_nano)
+                        .bind(log.cost_detail.as_ref().map(|d| d.to_string()));
+                }
+                query.execute(&mut *tx).await?;
             }
             tx.commit().await?;
         });

@@ -304,3 +304,48 @@ async fn declared_config_is_upserted_and_never_resets_balances() {
         gw.stop().await;
     }
 }
+
+/// Ledger entries are applied in multi-row batches: an id repeated inside a batch or across batches
+/// moves the balance once, batches larger than one statement's chunk are applied whole, and the
+/// stored balance equals the sum of the entries.
+#[tokio::test]
+async fn ledger_batches_apply_each_entry_once() {
+    use uniapi_core::billing::ledger::LedgerEntry;
+    for (backend, url) in stores().await {
+        let store = Store::connect(&url, 2).await.unwrap();
+        let user = store.create_user("payer", 1_000_000).await.unwrap();
+        let entry = |id: &str, kind: &'static str, amount: i64| LedgerEntry {
+            id: id.to_string(),
+            user_id: user.id,
+            key_id: None,
+            kind,
+            amount_nano: amount,
+            cache_nano: 0,
+            note: None,
+            created_at: 1,
+        };
+        let mut batch: Vec<LedgerEntry> = (0..600)
+            .map(|i| entry(&format!("c{i}"), "capture", -10))
+            .collect();
+        batch.push(entry("c5", "capture", -10)); // a repeat inside the batch
+        batch.push(entry("refund:t1", "refund", 7));
+        store.apply_ledger_entries(&batch).await.unwrap();
+        // a repeat of an applied entry in a later batch
+        store
+            .apply_ledger_entries(&[
+                entry("c0", "capture", -10),
+                entry("credit-1", "credit", 100),
+            ])
+            .await
+            .unwrap();
+        let stored = store.user_by_name("payer").await.unwrap().unwrap();
+        assert_eq!(
+            stored.balance_nano,
+            1_000_000 - 600 * 10 + 7 + 100,
+            "{backend}"
+        );
+        let checks = store.balance_checks().await.unwrap();
+        let mine = checks.iter().find(|c| c.user_id == user.id).unwrap();
+        assert_eq!(mine.balance_nano, mine.entries_nano, "{backend}");
+    }
+}
