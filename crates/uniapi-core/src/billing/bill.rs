@@ -33,7 +33,7 @@ pub fn audio_ms_from_bytes(bytes: usize) -> u64 {
 }
 
 /// What a request asks for, before its price is known.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Ask {
     /// Input tokens, images, characters, audio: what the request itself says.
     pub units: Units,
@@ -46,6 +46,9 @@ pub struct Ask {
     /// Image size and quality, for prices named `model:size[:quality]`.
     pub size: Option<&'static str>,
     pub quality: Option<&'static str>,
+    /// The JSON body whose prompt `units.input_tokens` bounds: counted exactly only when the upstream
+    /// reports no usage.
+    pub prompt: Option<bytes::Bytes>,
 }
 
 /// Image sizes and qualities a price name may carry (anything else is priced as the plain model).
@@ -77,8 +80,10 @@ pub struct Bill {
     pub measure: Measure,
     pub model: String,
     pub price: Price,
-    /// What was reserved for; its input tokens stand in when the upstream reports none.
+    /// What was reserved for (input tokens as an upper bound).
     pub estimate: Units,
+    /// The request body, to count its prompt exactly when the upstream reports no usage.
+    prompt: Option<bytes::Bytes>,
     reservation: Option<Reservation>,
     permit: Permit,
 }
@@ -145,9 +150,18 @@ impl Bill {
             model: model.to_string(),
             price,
             estimate,
+            prompt: ask.prompt,
             reservation: Some(reservation),
             permit,
         })
+    }
+
+    /// Input tokens when the upstream reported none: the prompt counted with the model's tokenizer.
+    fn counted_input_tokens(&self) -> u64 {
+        match &self.prompt {
+            Some(body) => super::tokens::estimate_prompt_tokens(&self.model, body),
+            None => self.estimate.input_tokens,
+        }
     }
 
     pub fn remaining(&self) -> Remaining {
@@ -191,7 +205,7 @@ impl Bill {
                     let output = count_tokens(&self.model, &answer_text(protocol, body));
                     (
                         Units {
-                            input_tokens: self.estimate.input_tokens,
+                            input_tokens: self.counted_input_tokens(),
                             output_tokens: output,
                             ..Default::default()
                         },
@@ -209,7 +223,7 @@ impl Bill {
                 ),
                 None => (
                     Units {
-                        input_tokens: self.estimate.input_tokens,
+                        input_tokens: self.counted_input_tokens(),
                         ..Default::default()
                     },
                     Basis::Counted,
@@ -271,7 +285,7 @@ impl Bill {
                 Some(usage) => (from_usage(usage), Basis::Reported),
                 None => (
                     Units {
-                        input_tokens: self.estimate.input_tokens,
+                        input_tokens: self.counted_input_tokens(),
                         output_tokens: meter.delivered_output_tokens(),
                         ..Default::default()
                     },

@@ -18,7 +18,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use tiktoken_rs::CoreBPE;
 
-use super::tokens::{count_with, tokenizer_for};
+use super::tokens::{count_with, tokenizer_getter};
 
 /// Largest partial event held between chunks; past it the event is forwarded as is without being parsed.
 pub const MAX_HELD_EVENT: usize = 1 << 20;
@@ -119,7 +119,7 @@ fn lenient_u64(value: &Value) -> Option<u64> {
 /// Meters one SSE stream as it is forwarded.
 pub struct StreamMeter {
     protocol: Protocol,
-    bpe: &'static CoreBPE,
+    tokenizer: fn() -> &'static CoreBPE,
     strip_usage: bool,
     /// The partial event held since its first byte (empty at an event boundary and while `skipping`).
     held: Vec<u8>,
@@ -128,9 +128,17 @@ pub struct StreamMeter {
     /// The current event outgrew [`MAX_HELD_EVENT`]: forward its bytes unparsed until it ends.
     skipping: bool,
     reported: Option<Usage>,
+    /// Tokens of deltas already counted.
     delivered: u64,
+    /// Deltas delivered but not counted yet (their text, and each one's length): counted only if the
+    /// upstream never reports usage, or when they pile up past [`UNCOUNTED_LIMIT`].
+    uncounted: String,
+    uncounted_lengths: Vec<u32>,
     saw_end: bool,
 }
+
+/// Delivered text kept uncounted per stream before it is counted on the spot.
+const UNCOUNTED_LIMIT: usize = 256 * 1024;
 
 impl fmt::Debug for StreamMeter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -153,13 +161,15 @@ impl StreamMeter {
     pub fn new(protocol: Protocol, model: &str, strip_usage: bool) -> StreamMeter {
         StreamMeter {
             protocol,
-            bpe: tokenizer_for(model),
+            tokenizer: tokenizer_getter(model),
             strip_usage,
             held: Vec::new(),
             scan: Scan::LineStart,
             skipping: false,
             reported: None,
             delivered: 0,
+            uncounted: String::new(),
+            uncounted_lengths: Vec::new(),
             saw_end: false,
         }
     }
@@ -245,8 +255,24 @@ impl StreamMeter {
     /// `response.reasoning_summary_text.delta`, `response.reasoning_text.delta`,
     /// `response.custom_tool_call_input.delta`, `response.code_interpreter_call_code.delta` and
     /// `response.mcp_call_arguments.delta`.
+    /// Tokens of the deltas delivered so far, each delta counted on its own.
     pub fn delivered_output_tokens(&self) -> u64 {
-        self.delivered
+        self.delivered.saturating_add(self.count_uncounted())
+    }
+
+    fn count_uncounted(&self) -> u64 {
+        if self.uncounted_lengths.is_empty() {
+            return 0;
+        }
+        let bpe = (self.tokenizer)();
+        let mut rest = self.uncounted.as_str();
+        let mut total = 0u64;
+        for &len in &self.uncounted_lengths {
+            let (piece, tail) = rest.split_at(len as usize);
+            total = total.saturating_add(count_with(bpe, piece));
+            rest = tail;
+        }
+        total
     }
 
     /// True once the stream's natural end was seen: chat/completions `data: [DONE]`; Responses a terminal event
@@ -405,8 +431,24 @@ impl StreamMeter {
     }
 
     fn count(&mut self, text: &Text<'_>) {
-        if let Some(text) = &text.0 {
-            self.delivered = self.delivered.saturating_add(count_with(self.bpe, text));
+        let Some(text) = &text.0 else {
+            return;
+        };
+        if text.is_empty() {
+            return;
+        }
+        let Ok(len) = u32::try_from(text.len()) else {
+            self.delivered = self
+                .delivered
+                .saturating_add(count_with((self.tokenizer)(), text));
+            return;
+        };
+        self.uncounted.push_str(text);
+        self.uncounted_lengths.push(len);
+        if self.uncounted.len() > UNCOUNTED_LIMIT {
+            self.delivered = self.delivered.saturating_add(self.count_uncounted());
+            self.uncounted.clear();
+            self.uncounted_lengths.clear();
         }
     }
 }

@@ -34,17 +34,24 @@ pub fn count_tokens(model: &str, text: &str) -> u64 {
 
 /// The tokenizer (a process-wide singleton) used for `model`; see [`count_tokens`].
 pub(crate) fn tokenizer_for(model: &str) -> &'static CoreBPE {
+    tokenizer_getter(model)()
+}
+
+/// How to get the tokenizer of `model` without loading it yet: the encodings take tens of megabytes
+/// and about 100 ms to build, and the request path needs them only when an upstream reports no usage
+/// or a prompt is long.
+pub(crate) fn tokenizer_getter(model: &str) -> fn() -> &'static CoreBPE {
     let name = model.rsplit('/').next().unwrap_or(model);
     const O200K: [&str; 9] = [
         "gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4", "chatgpt-", "omni-",
     ];
     const CL100K: [&str; 4] = ["gpt-4", "gpt-3.5", "gpt-35-", "text-embedding-"];
     if O200K.iter().any(|p| starts_with_ignore_case(name, p)) {
-        tiktoken_rs::o200k_base_singleton()
+        tiktoken_rs::o200k_base_singleton
     } else if CL100K.iter().any(|p| starts_with_ignore_case(name, p)) {
-        tiktoken_rs::cl100k_base_singleton()
+        tiktoken_rs::cl100k_base_singleton
     } else {
-        tiktoken_rs::o200k_base_singleton()
+        tiktoken_rs::o200k_base_singleton
     }
 }
 
@@ -101,8 +108,24 @@ fn segment_end(text: &str, max_segment: usize) -> (usize, bool) {
 /// Beyond the list above, message/item `tool_calls`/`function_call` (as JSON text), `arguments`, `output`, `refusal`
 /// and reasoning `summary` texts are counted too, and every object of an `input` array adds the 4-token overhead.
 pub fn estimate_prompt_tokens(model: &str, body: &[u8]) -> u64 {
+    walk_body(model, body, false)
+}
+
+/// Texts up to this size count as their UTF-8 length in [`bound_prompt_tokens`].
+pub const BOUND_EXACT_ABOVE: usize = 8 * 1024;
+
+/// A cheap upper bound of [`estimate_prompt_tokens`] for the reservation: a text of at most
+/// [`BOUND_EXACT_ABOVE`] bytes counts its byte length (a token covers at least one byte, so this never
+/// falls below the exact count), a longer one is counted exactly (where the difference would matter
+/// for money). Short prompts, the common case, never load or run the tokenizer.
+pub fn bound_prompt_tokens(model: &str, body: &[u8]) -> u64 {
+    walk_body(model, body, true)
+}
+
+fn walk_body(model: &str, body: &[u8], bound: bool) -> u64 {
     let walk = Walk {
-        bpe: tokenizer_for(model),
+        tokenizer: tokenizer_getter(model),
+        bound,
         node: Node::Body,
     };
     let mut de = serde_json::Deserializer::from_slice(body);
@@ -140,7 +163,9 @@ enum Node {
 /// A lenient visitor over any JSON value; returns the tokens counted in it.
 #[derive(Clone, Copy)]
 struct Walk {
-    bpe: &'static CoreBPE,
+    tokenizer: fn() -> &'static CoreBPE,
+    /// Count short texts by their length (an upper bound) instead of tokenizing them.
+    bound: bool,
     node: Node,
 }
 
@@ -197,7 +222,15 @@ impl Walk {
     }
 
     fn raw(self, raw: &RawValue) -> u64 {
-        count_with(self.bpe, raw.get())
+        self.count(raw.get())
+    }
+
+    fn count(self, text: &str) -> u64 {
+        if self.bound && text.len() <= BOUND_EXACT_ABOVE {
+            text.len() as u64
+        } else {
+            count_with((self.tokenizer)(), text)
+        }
     }
 }
 
@@ -242,7 +275,7 @@ impl<'de> Visitor<'de> for Walk {
             | Node::Prompt
             | Node::PromptItem
             | Node::Tokens
-            | Node::Text => count_with(self.bpe, v),
+            | Node::Text => self.count(v),
             Node::ImageTag => u64::from(matches!(v, "image_url" | "input_image" | "image")),
             Node::Body | Node::Messages | Node::Message => 0,
         })
@@ -489,6 +522,21 @@ mod tests {
         ]
     }
 
+    #[test]
+    fn short_texts_bound_by_their_length_and_long_ones_count_exactly() {
+        let short = json!({"messages": [{"role": "user", "content": "Hello there"}]});
+        let body = serde_json::to_vec(&short).unwrap();
+        // 11 bytes of text, 4 per message, 3 for the reply
+        assert_eq!(bound_prompt_tokens("gpt-4o", &body), 11 + 4 + 3);
+        let text = "hello world ".repeat(2_000); // 24,000 bytes: past the bound's limit
+        let long =
+            serde_json::to_vec(&json!({"messages": [{"role": "user", "content": text}]})).unwrap();
+        assert_eq!(
+            bound_prompt_tokens("gpt-4o", &long),
+            estimate_prompt_tokens("gpt-4o", &long)
+        );
+    }
+
     proptest! {
         #[test]
         fn segmented_count_is_exact_at_exact_cuts(
@@ -509,6 +557,25 @@ mod tests {
                         count_segmented(bpe, &text, seg),
                         bpe.encode_ordinary(&text).len() as u64
                     );
+                }
+            }
+        }
+
+        /// The reservation's bound never falls below the exact count, whatever the texts.
+        #[test]
+        fn the_bound_is_never_below_the_exact_count(
+            parts in prop::collection::vec((word(), separator()), 0..200),
+            copies in 1usize..60,
+        ) {
+            let text: String = parts.into_iter().map(|(w, s)| w + &s).collect();
+            let long = text.repeat(copies);
+            for content in [text.as_str(), long.as_str()] {
+                let body = serde_json::to_vec(&json!({
+                    "messages": [{"role": "user", "content": content}, {"role": "user", "content": [{"type": "text", "text": content}]}],
+                    "tools": [{"type": "function", "function": {"name": "f", "description": content}}],
+                })).unwrap();
+                for model in ["gpt-4o", "gpt-4"] {
+                    prop_assert!(bound_prompt_tokens(model, &body) >= estimate_prompt_tokens(model, &body));
                 }
             }
         }

@@ -14,7 +14,7 @@ use crate::auth;
 use crate::billing::Units;
 use crate::billing::bill::{Ask, Bill, Measure, audio_ms_from_bytes, image_variant};
 use crate::billing::meter::Protocol;
-use crate::billing::tokens::estimate_prompt_tokens;
+use crate::billing::tokens::bound_prompt_tokens;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -180,7 +180,9 @@ fn check_served(state: &AppState, model: &str) -> Result<(), ApiError> {
 /// What a JSON request asks for: its input tokens (counted with the model's tokenizer), its output limit,
 /// its images or characters.
 fn json_ask(route: &JsonRoute, json: &JsonBody) -> Ask {
-    let input_tokens = || estimate_prompt_tokens(&json.model, &json.bytes);
+    // an upper bound that rarely needs the tokenizer; the exact count is made only if the upstream
+    // reports no usage (from the body kept in `prompt`)
+    let input_tokens = || bound_prompt_tokens(&json.model, &json.bytes);
     match route.measure {
         Measure::Tokens(protocol) => Ask {
             units: Units {
@@ -188,6 +190,7 @@ fn json_ask(route: &JsonRoute, json: &JsonBody) -> Ask {
                 ..Default::default()
             },
             token_output: true,
+            prompt: Some(json.bytes.clone()),
             // the legacy completions endpoint generates 16 tokens when not told otherwise
             max_output_tokens: json
                 .max_output_tokens
@@ -200,6 +203,7 @@ fn json_ask(route: &JsonRoute, json: &JsonBody) -> Ask {
                 input_tokens: input_tokens(),
                 ..Default::default()
             },
+            prompt: Some(json.bytes.clone()),
             ..Default::default()
         },
         Measure::Images => {
