@@ -123,7 +123,8 @@ fn submits<'a>(journal: &'a [Value], path: &str) -> Vec<&'a Value> {
 
 #[tokio::test]
 async fn an_imagine_runs_to_success_and_fetch_answers_from_the_store() {
-    let sandbox = mj_sandbox(400).await;
+    // long enough for a poll (every second at first) to see it running
+    let sandbox = mj_sandbox(2_500).await;
     let gw = TestGateway::start(mj_config(vec![mj_channel("mj", &sandbox, None)])).await;
     let before = balance(&gw).await;
     let body = json!({"prompt": "a lighthouse --ar 16:9", "state": "s-1", "notifyHook": "https://client.example/hook", "accountFilter": {"instanceId": "theirs"}});
@@ -139,7 +140,7 @@ async fn an_imagine_runs_to_success_and_fetch_answers_from_the_store() {
     );
     // progress is seen while the task runs
     let mut saw_progress = false;
-    for _ in 0..100 {
+    for _ in 0..200 {
         let (_, t) = fetch(&gw, USER_KEY, &id).await;
         if t["status"] == "IN_PROGRESS" && t["progress"] != "0%" {
             saw_progress = true;
