@@ -172,12 +172,12 @@ fn start(state: &SandboxState, call: &Call, obj: &Map<String, Value>, new: NewTa
 }
 
 /// The parent a follow-up names: it must exist (3) and have succeeded (4).
-fn parent(state: &SandboxState, id: &str) -> Result<Arc<Task>, Response> {
+fn parent(state: &SandboxState, id: &str) -> Result<Arc<Task>, (i64, &'static str)> {
     let Some(task) = state.midjourney.get(id) else {
-        return Err(refuse(3, "关联任务不存在或已失效"));
+        return Err((3, "关联任务不存在或已失效"));
     };
     if task.status(Instant::now()).0 != "SUCCESS" {
-        return Err(refuse(4, "关联任务状态错误"));
+        return Err((4, "关联任务状态错误"));
     }
     Ok(task)
 }
@@ -287,7 +287,7 @@ async fn submit(
             };
             let parent = match parent(&state, &task_id) {
                 Ok(p) => p,
-                Err(r) => return r,
+                Err((code, description)) => return refuse(code, description),
             };
             let known = parent
                 .buttons()
@@ -376,7 +376,7 @@ async fn submit(
             }
             let parent = match parent(&state, &task_id) {
                 Ok(p) => p,
-                Err(r) => return r,
+                Err((code, description)) => return refuse(code, description),
             };
             if !matches!(parent.action, "IMAGINE" | "VARIATION" | "REROLL" | "BLEND") {
                 return refuse(4, "关联任务不允许执行变化");
