@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import pytest
+
 from conftest import http, http_json
 
 PRICE_IMAGINE = 50_000_000  # mj_imagine, USD 0.05 in nano-USD
@@ -16,6 +18,18 @@ UPSTREAM_KEY = "sk-sandbox-demo-upstream"
 PNG = (
     "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 )
+
+
+_started: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def tasks_end_within_the_test(gateway):
+    """Every task a test starts has ended before the next test, so no poll reaches its journal."""
+    _started.clear()
+    yield
+    for task_id in _started:
+        gateway.wait_task(task_id)
 
 
 def mj(gateway, method: str, path: str, payload: Any = None, key: Optional[str] = None, **headers: str):
@@ -31,6 +45,7 @@ def submit(gateway, path: str, payload: Any, **headers: str) -> str:
     body = answer.json()
     assert body["code"] == 1 and body["description"] == "Submit success", body
     assert body["result"].startswith("task_")
+    _started.append(body["result"])
     return body["result"]
 
 
@@ -69,6 +84,7 @@ def test_imagine_runs_to_success_with_progress_and_fetch_answers_from_the_store(
 
 
 def test_each_mode_has_its_own_price(gateway):
+    gateway.sandbox_config(task_ms=300)
     for prefix, price, mode in [
         ("/mj-relax", PRICE_RELAX_IMAGINE, "RELAX"),
         ("/mj-fast", PRICE_IMAGINE, "FAST"),
@@ -134,6 +150,7 @@ def test_bad_input_and_refusals_cost_nothing(gateway):
 
 
 def test_an_idempotent_resubmit_returns_the_first_task(gateway):
+    gateway.sandbox_config(task_ms=300)
     before = gateway.balance_nano()
     body = {"prompt": "only once"}
     first = submit(gateway, "/mj/submit/imagine", body, **{"Idempotency-Key": "py-mj-1"})
@@ -144,6 +161,7 @@ def test_an_idempotent_resubmit_returns_the_first_task(gateway):
 
 
 def test_another_users_task_is_not_found(gateway, other_key):
+    gateway.sandbox_config(task_ms=300)
     task_id = submit(gateway, "/mj/submit/imagine", {"prompt": "mine"})
     theirs = mj(gateway, "GET", f"/mj/task/{task_id}/fetch", key=other_key)
     assert theirs.status == 404 and theirs.json()["code"] == 3
