@@ -17,13 +17,13 @@ use crate::store::{ChannelRow, KeyRow, Store, StoreResult, UserRow};
 pub enum ChannelKind {
     Openai,
     Suno,
+    Midjourney,
 }
 
 const LATER_KINDS: &[&str] = &[
     "azure",
     "anthropic",
     "gemini",
-    "midjourney",
     "udio",
     "ideogram",
     "fal",
@@ -37,11 +37,12 @@ impl ChannelKind {
         match kind {
             "openai" => Ok(ChannelKind::Openai),
             "suno" => Ok(ChannelKind::Suno),
+            "midjourney" => Ok(ChannelKind::Midjourney),
             k if LATER_KINDS.contains(&k) => Err(format!(
-                "channel kind `{k}` is not supported by this version yet (supported: openai, suno)"
+                "channel kind `{k}` is not supported by this version yet (supported: openai, suno, midjourney)"
             )),
             k => Err(format!(
-                "unknown channel kind `{k}` (supported: openai, suno)"
+                "unknown channel kind `{k}` (supported: openai, suno, midjourney)"
             )),
         }
     }
@@ -50,6 +51,7 @@ impl ChannelKind {
         match self {
             ChannelKind::Openai => "openai",
             ChannelKind::Suno => "suno",
+            ChannelKind::Midjourney => "midjourney",
         }
     }
 }
@@ -273,6 +275,8 @@ pub struct Channel {
     pub model_map: BTreeMap<String, String>,
     pub priority: i64,
     pub weight: i64,
+    /// Midjourney modes served (`fast`, `relax`, `turbo`); `None` serves all.
+    pub modes: Option<Vec<String>>,
     pub created_at: i64,
     pub keys: Vec<UpstreamKey>,
     pub health: Arc<ChannelHealth>,
@@ -387,6 +391,7 @@ impl Catalog {
                 model_map: row.model_map,
                 priority: row.priority,
                 weight: row.weight.max(1),
+                modes: row.modes,
                 created_at: row.created_at,
                 keys: row
                     .keys

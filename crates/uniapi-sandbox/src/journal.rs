@@ -20,6 +20,8 @@ pub struct JournalEntry {
     pub path: String,
     pub query: Option<String>,
     pub authorization: Option<String>,
+    /// Every request header by lower-case name (families authenticate with their own headers).
+    pub headers: Map<String, Value>,
     pub content_type: Option<String>,
     pub body_json: Option<Value>,
     pub body_len: usize,
@@ -66,6 +68,14 @@ impl JournalEntry {
             path: parts.uri.path().to_owned(),
             query: parts.uri.query().map(str::to_owned),
             authorization: header_text(header::AUTHORIZATION),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(name, value)| {
+                    let text = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                    (name.as_str().to_owned(), Value::String(text))
+                })
+                .collect(),
             content_type: header_text(header::CONTENT_TYPE),
             body_json: body.json.clone(),
             body_len: body.bytes.len(),

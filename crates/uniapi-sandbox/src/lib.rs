@@ -11,6 +11,7 @@ mod error;
 mod fault;
 mod gate;
 mod journal;
+mod midjourney;
 mod openai;
 mod sse;
 mod state;
@@ -63,6 +64,7 @@ pub fn router(config: SandboxConfig) -> Router {
         ))
         // Suno routes carry their own gate (Suno envelopes), on matched routes only.
         .merge(suno::routes(state.clone()))
+        .merge(midjourney::routes(state.clone()))
         .merge(control::routes())
         .with_state(state)
 }

@@ -19,6 +19,8 @@ pub struct SandboxState {
     pub journal: Journal,
     /// Suno tasks by id.
     pub suno: TaskStore<crate::suno::Task>,
+    /// Midjourney tasks by id.
+    pub midjourney: TaskStore<crate::midjourney::Task>,
     calls: AtomicU64,
 }
 
@@ -38,6 +40,7 @@ impl SandboxState {
             faults: FaultQueue::default(),
             journal: Journal::default(),
             suno: TaskStore::default(),
+            midjourney: TaskStore::default(),
             calls: AtomicU64::new(0),
         }
     }

@@ -21,10 +21,60 @@ const TOKEN_MODELS: &[(&str, f64, f64)] = &[
 ];
 
 /// (kind, channel name) of the task families the demo serves from the sandbox.
-const TASK_CHANNELS: &[(&str, &str)] = &[("suno", "sandbox-suno")];
+const TASK_CHANNELS: &[(&str, &str)] = &[
+    ("suno", "sandbox-suno"),
+    ("midjourney", "sandbox-midjourney"),
+];
 
 /// Per-call prices (USD) of the demo's task actions.
-const TASK_PRICES: &[(&str, f64)] = &[("suno_music", 0.10), ("suno_lyrics", 0.02)];
+const TASK_PRICES: &[(&str, f64)] = &[
+    ("suno_music", 0.10),
+    ("suno_lyrics", 0.02),
+    // Midjourney: fast (default), relax and turbo priced on their own; the button that opens a
+    // modal (inpaint, custom zoom) is free, its modal confirmation is charged
+    ("mj_imagine", 0.05),
+    ("mj_blend", 0.05),
+    ("mj_describe", 0.02),
+    ("mj_shorten", 0.02),
+    ("mj_upscale", 0.02),
+    ("mj_variation", 0.05),
+    ("mj_reroll", 0.05),
+    ("mj_zoom", 0.05),
+    ("mj_pan", 0.05),
+    ("mj_modal", 0.05),
+    ("mj_inpaint", 0.0),
+    ("mj_custom_zoom", 0.0),
+    ("mj_upload", 0.01),
+    ("swap_face", 0.03),
+    ("mj_relax_imagine", 0.02),
+    ("mj_relax_blend", 0.02),
+    ("mj_relax_describe", 0.01),
+    ("mj_relax_shorten", 0.01),
+    ("mj_relax_upscale", 0.01),
+    ("mj_relax_variation", 0.02),
+    ("mj_relax_reroll", 0.02),
+    ("mj_relax_zoom", 0.02),
+    ("mj_relax_pan", 0.02),
+    ("mj_relax_modal", 0.02),
+    ("mj_relax_inpaint", 0.0),
+    ("mj_relax_custom_zoom", 0.0),
+    ("mj_relax_upload", 0.01),
+    ("swap_face_relax", 0.02),
+    ("mj_turbo_imagine", 0.10),
+    ("mj_turbo_blend", 0.10),
+    ("mj_turbo_describe", 0.04),
+    ("mj_turbo_shorten", 0.04),
+    ("mj_turbo_upscale", 0.04),
+    ("mj_turbo_variation", 0.10),
+    ("mj_turbo_reroll", 0.10),
+    ("mj_turbo_zoom", 0.10),
+    ("mj_turbo_pan", 0.10),
+    ("mj_turbo_modal", 0.10),
+    ("mj_turbo_inpaint", 0.0),
+    ("mj_turbo_custom_zoom", 0.0),
+    ("mj_turbo_upload", 0.01),
+    ("swap_face_turbo", 0.06),
+];
 
 pub struct DemoSetup {
     pub sandbox: SocketAddr,

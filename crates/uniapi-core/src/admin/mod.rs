@@ -619,6 +619,11 @@ async fn test_channel(State(state): State<AppState>, Path(id): Path<i64>) -> Adm
                 .post(format!("{base}/suno/fetch"))
                 .header("content-type", "application/json")
                 .body(r#"{"ids":[]}"#),
+            ChannelKind::Midjourney => client
+                .post(format!("{base}/mj/task/list-by-condition"))
+                .header("content-type", "application/json")
+                .header("mj-api-secret", &key.secret)
+                .body(r#"{"ids":[]}"#),
         };
         let outcome = tokio::time::timeout(
             std::time::Duration::from_secs(15),

@@ -4,6 +4,7 @@
 //! wire mapping (`suno`): submit, poll, status mapping.
 
 pub mod callback;
+pub mod midjourney;
 pub mod submit;
 pub mod suno;
 
@@ -114,6 +115,7 @@ async fn settle(state: &AppState, task: &TaskRow, change: TaskChange) {
 pub fn render(task: &TaskRow) -> serde_json::Value {
     match task.family.as_str() {
         "suno" => suno::dto(task),
+        "midjourney" => midjourney::dto(task),
         _ => serde_json::json!({"id": task.id, "status": task.state, "progress": task.progress}),
     }
 }
@@ -182,6 +184,7 @@ async fn poll_channel(state: &AppState, channel: Option<Arc<Channel>>, tasks: Ve
     };
     let outcome = match channel.kind {
         crate::catalog::ChannelKind::Suno => suno::poll(state, &channel, &tasks).await,
+        crate::catalog::ChannelKind::Midjourney => midjourney::poll(state, &channel, &tasks).await,
         crate::catalog::ChannelKind::Openai => return,
     };
     let now = now_ms();

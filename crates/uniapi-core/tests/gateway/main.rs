@@ -6,6 +6,7 @@ mod admin;
 mod billing;
 mod errors;
 mod failover;
+mod midjourney;
 mod routing;
 mod store;
 mod support;

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod control;
+mod midjourney;
 mod openai_chat;
 mod openai_media;
 mod openai_responses;
