@@ -17,6 +17,8 @@ use crate::store::{ChannelRow, KeyRow, Store, StoreResult, UserRow};
 pub enum ChannelKind {
     Openai,
     Suno,
+    Fal,
+    Jimeng,
 }
 
 const LATER_KINDS: &[&str] = &[
@@ -26,8 +28,6 @@ const LATER_KINDS: &[&str] = &[
     "midjourney",
     "udio",
     "ideogram",
-    "fal",
-    "jimeng",
     "kling",
     "luma",
 ];
@@ -37,11 +37,13 @@ impl ChannelKind {
         match kind {
             "openai" => Ok(ChannelKind::Openai),
             "suno" => Ok(ChannelKind::Suno),
+            "fal" => Ok(ChannelKind::Fal),
+            "jimeng" => Ok(ChannelKind::Jimeng),
             k if LATER_KINDS.contains(&k) => Err(format!(
-                "channel kind `{k}` is not supported by this version yet (supported: openai, suno)"
+                "channel kind `{k}` is not supported by this version yet (supported: openai, suno, fal, jimeng)"
             )),
             k => Err(format!(
-                "unknown channel kind `{k}` (supported: openai, suno)"
+                "unknown channel kind `{k}` (supported: openai, suno, fal, jimeng)"
             )),
         }
     }
@@ -50,6 +52,8 @@ impl ChannelKind {
         match self {
             ChannelKind::Openai => "openai",
             ChannelKind::Suno => "suno",
+            ChannelKind::Fal => "fal",
+            ChannelKind::Jimeng => "jimeng",
         }
     }
 }

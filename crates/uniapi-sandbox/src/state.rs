@@ -19,6 +19,8 @@ pub struct SandboxState {
     pub journal: Journal,
     /// Suno tasks by id.
     pub suno: TaskStore<crate::suno::Task>,
+    pub fal: TaskStore<crate::fal::Task>,
+    pub jimeng: TaskStore<crate::jimeng::Task>,
     calls: AtomicU64,
 }
 
@@ -38,6 +40,8 @@ impl SandboxState {
             faults: FaultQueue::default(),
             journal: Journal::default(),
             suno: TaskStore::default(),
+            fal: TaskStore::default(),
+            jimeng: TaskStore::default(),
             calls: AtomicU64::new(0),
         }
     }
