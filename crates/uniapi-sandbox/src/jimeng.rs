@@ -148,7 +148,7 @@ fn verify(headers: &HeaderMap, uri: &Uri, body: &[u8]) -> Result<(), &'static st
         "HMAC-SHA256\n{date}\n{scope}\n{}",
         hex::encode(Sha256::digest(canonical.as_bytes()))
     );
-    let mut key = hmac_sha256(JIMENG_SECRET_KEY.as_bytes(), date[..8].as_bytes());
+    let mut key = hmac_sha256(JIMENG_SECRET_KEY.as_bytes(), &date.as_bytes()[..8]);
     for part in ["cn-north-1", "cv", "request"] {
         key = hmac_sha256(&key, part.as_bytes());
     }

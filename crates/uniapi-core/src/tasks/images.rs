@@ -105,15 +105,9 @@ struct Ask {
     images: Vec<String>,
 }
 
-fn ask(body: &Value) -> Result<Ask, Response> {
-    let bad = |param: &str, message: &str| {
-        error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            Some(param),
-            message.to_string(),
-        )
-    };
+/// The checked request, or the bad parameter and why.
+fn ask(body: &Value) -> Result<Ask, (&'static str, &'static str)> {
+    let bad = |param: &'static str, message: &'static str| (param, message);
     let prompt = body["prompt"]
         .as_str()
         .map(str::trim)
@@ -208,7 +202,14 @@ async fn generate(
     }
     let ask = match ask(body) {
         Ok(ask) => ask,
-        Err(response) => return response,
+        Err((param, message)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                Some(param),
+                message,
+            );
+        }
     };
     let Some((price_name, price)) = find_price(state, &[model.to_string()]) else {
         return error(

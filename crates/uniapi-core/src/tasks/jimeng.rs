@@ -93,7 +93,7 @@ pub fn sign(
         "HMAC-SHA256\n{date}\n{scope}\n{}",
         hex::encode(Sha256::digest(canonical.as_bytes()))
     );
-    let k_date = hmac_sha256(secret_key.as_bytes(), short.as_bytes());
+    let k_date = hmac_sha256(secret_key.as_bytes(), &date.as_bytes()[..8]);
     let k_region = hmac_sha256(&k_date, REGION.as_bytes());
     let k_service = hmac_sha256(&k_region, SERVICE.as_bytes());
     let k_signing = hmac_sha256(&k_service, b"request");
