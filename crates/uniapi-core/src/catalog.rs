@@ -18,6 +18,8 @@ pub enum ChannelKind {
     Openai,
     Suno,
     Midjourney,
+    Fal,
+    Jimeng,
 }
 
 const LATER_KINDS: &[&str] = &[
@@ -26,24 +28,37 @@ const LATER_KINDS: &[&str] = &[
     "gemini",
     "udio",
     "ideogram",
-    "fal",
-    "jimeng",
     "kling",
     "luma",
 ];
 
 impl ChannelKind {
+    /// Every kind this version speaks.
+    pub const ALL: &'static [ChannelKind] = &[
+        ChannelKind::Openai,
+        ChannelKind::Suno,
+        ChannelKind::Midjourney,
+        ChannelKind::Fal,
+        ChannelKind::Jimeng,
+    ];
+
     pub fn parse(kind: &str) -> Result<ChannelKind, String> {
-        match kind {
-            "openai" => Ok(ChannelKind::Openai),
-            "suno" => Ok(ChannelKind::Suno),
-            "midjourney" => Ok(ChannelKind::Midjourney),
-            k if LATER_KINDS.contains(&k) => Err(format!(
-                "channel kind `{k}` is not supported by this version yet (supported: openai, suno, midjourney)"
-            )),
-            k => Err(format!(
-                "unknown channel kind `{k}` (supported: openai, suno, midjourney)"
-            )),
+        if let Some(known) = Self::ALL.iter().find(|k| k.as_str() == kind) {
+            return Ok(*known);
+        }
+        let supported = Self::ALL
+            .iter()
+            .map(|k| k.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        if LATER_KINDS.contains(&kind) {
+            Err(format!(
+                "channel kind `{kind}` is not supported by this version yet (supported: {supported})"
+            ))
+        } else {
+            Err(format!(
+                "unknown channel kind `{kind}` (supported: {supported})"
+            ))
         }
     }
 
@@ -52,6 +67,8 @@ impl ChannelKind {
             ChannelKind::Openai => "openai",
             ChannelKind::Suno => "suno",
             ChannelKind::Midjourney => "midjourney",
+            ChannelKind::Fal => "fal",
+            ChannelKind::Jimeng => "jimeng",
         }
     }
 }

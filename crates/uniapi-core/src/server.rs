@@ -28,6 +28,7 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::relay::platform::routes())
         .merge(crate::tasks::suno::routes())
         .merge(crate::tasks::midjourney::routes())
+        .merge(crate::tasks::fal::routes())
         .nest("/api", crate::admin::routes(state.clone()))
         .route(
             "/healthz",

@@ -8,8 +8,10 @@
 mod body;
 mod control;
 mod error;
+mod fal;
 mod fault;
 mod gate;
+mod jimeng;
 mod journal;
 mod midjourney;
 mod openai;
@@ -25,6 +27,8 @@ use std::sync::Arc;
 use axum::Router;
 
 use crate::state::SandboxState;
+
+pub use jimeng::JIMENG_SECRET_KEY;
 
 /// Knobs the sandbox starts with; latency and stream shape can be changed later through
 /// `PUT /__sandbox/config`.
@@ -65,6 +69,8 @@ pub fn router(config: SandboxConfig) -> Router {
         // Suno routes carry their own gate (Suno envelopes), on matched routes only.
         .merge(suno::routes(state.clone()))
         .merge(midjourney::routes(state.clone()))
+        .merge(fal::routes(state.clone()))
+        .merge(jimeng::routes(state.clone()))
         .merge(control::routes())
         .with_state(state)
 }

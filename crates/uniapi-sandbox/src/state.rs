@@ -21,6 +21,8 @@ pub struct SandboxState {
     pub suno: TaskStore<crate::suno::Task>,
     /// Midjourney tasks by id.
     pub midjourney: TaskStore<crate::midjourney::Task>,
+    pub fal: TaskStore<crate::fal::Task>,
+    pub jimeng: TaskStore<crate::jimeng::Task>,
     calls: AtomicU64,
 }
 
@@ -41,6 +43,8 @@ impl SandboxState {
             journal: Journal::default(),
             suno: TaskStore::default(),
             midjourney: TaskStore::default(),
+            fal: TaskStore::default(),
+            jimeng: TaskStore::default(),
             calls: AtomicU64::new(0),
         }
     }

@@ -24,6 +24,8 @@ const TOKEN_MODELS: &[(&str, f64, f64)] = &[
 const TASK_CHANNELS: &[(&str, &str)] = &[
     ("suno", "sandbox-suno"),
     ("midjourney", "sandbox-midjourney"),
+    ("fal", "sandbox-fal"),
+    ("jimeng", "sandbox-jimeng"),
 ];
 
 /// Per-call prices (USD) of the demo's task actions.
@@ -74,6 +76,20 @@ const TASK_PRICES: &[(&str, f64)] = &[
     ("mj_turbo_custom_zoom", 0.0),
     ("mj_turbo_upload", 0.01),
     ("swap_face_turbo", 0.06),
+    ("fal-ai/flux-1/dev", 0.025),
+    ("fal-ai/kling-video/v1/standard/text-to-video", 0.25),
+];
+
+/// The fal model paths the demo's fal channel serves (priced in TASK_PRICES).
+const FAL_MODELS: &[&str] = &[
+    "fal-ai/flux-1/dev",
+    "fal-ai/kling-video/v1/standard/text-to-video",
+];
+
+/// Jimeng model names, the Volcengine `req_key` each maps to, and the USD price per image.
+const JIMENG_MODELS: &[(&str, &str, f64)] = &[
+    ("jimeng-4.0", "jimeng_t2i_v40", 0.03),
+    ("jimeng-3.0", "jimeng_t2i_v30", 0.02),
 ];
 
 pub struct DemoSetup {
@@ -123,6 +139,7 @@ pub async fn prepare(config: &mut Config) -> anyhow::Result<DemoSetup> {
             enabled: true,
         });
     }
+    media_channels(config);
     for (name, usd) in TASK_PRICES {
         config
             .prices
@@ -199,6 +216,36 @@ pub async fn prepare(config: &mut Config) -> anyhow::Result<DemoSetup> {
         });
     }
     Ok(DemoSetup { sandbox })
+}
+
+/// The fal channel serves a few model paths; the jimeng channel maps model names to `req_key`s and
+/// signs with the sandbox's access/secret pair.
+fn media_channels(config: &mut Config) {
+    for channel in &mut config.channels {
+        match channel.name.as_str() {
+            "sandbox-fal" => channel.models = FAL_MODELS.iter().map(|m| m.to_string()).collect(),
+            "sandbox-jimeng" => {
+                channel.keys = vec![format!(
+                    "{SANDBOX_KEY}|{}",
+                    uniapi_sandbox::JIMENG_SECRET_KEY
+                )];
+                channel.model_map = JIMENG_MODELS
+                    .iter()
+                    .map(|(name, req_key, _)| (name.to_string(), req_key.to_string()))
+                    .collect();
+            }
+            _ => {}
+        }
+    }
+    for (name, _, usd) in JIMENG_MODELS {
+        config
+            .prices
+            .entry((*name).to_string())
+            .or_insert(PriceConfig {
+                per_image: Some(*usd),
+                ..Default::default()
+            });
+    }
 }
 
 pub fn announce(setup: &DemoSetup, gateway: SocketAddr) {

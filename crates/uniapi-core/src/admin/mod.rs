@@ -614,22 +614,26 @@ async fn test_channel(State(state): State<AppState>, Path(id): Path<i64>) -> Adm
         let started = std::time::Instant::now();
         let client = &state.upstream.client;
         let request = match kind {
-            ChannelKind::Openai => client.get(format!("{base}/v1/models")),
+            ChannelKind::Openai => client
+                .get(format!("{base}/v1/models"))
+                .bearer_auth(&key.secret),
             ChannelKind::Suno => client
                 .post(format!("{base}/suno/fetch"))
                 .header("content-type", "application/json")
-                .body(r#"{"ids":[]}"#),
+                .body(r#"{"ids":[]}"#)
+                .bearer_auth(&key.secret),
             ChannelKind::Midjourney => client
                 .post(format!("{base}/mj/task/list-by-condition"))
                 .header("content-type", "application/json")
                 .header("mj-api-secret", &key.secret)
                 .body(r#"{"ids":[]}"#),
+            // fal and jimeng: a free query under the family's own auth
+            ChannelKind::Fal | ChannelKind::Jimeng => {
+                crate::tasks::images::probe_request(&state, kind, &base, &key.secret)
+            }
         };
-        let outcome = tokio::time::timeout(
-            std::time::Duration::from_secs(15),
-            request.bearer_auth(&key.secret).send(),
-        )
-        .await;
+        let outcome =
+            tokio::time::timeout(std::time::Duration::from_secs(15), request.send()).await;
         let (ok, status, error) = match outcome {
             Err(_) => (false, None, Some("timed out".to_string())),
             Ok(Err(e)) => (

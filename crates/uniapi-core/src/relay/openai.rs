@@ -102,7 +102,13 @@ pub fn routes() -> Router<AppState> {
         )
         .route(
             "/v1/images/generations",
-            post(|s: State<AppState>, r: Request| json_route(s, r, &IMAGE_GENERATIONS)),
+            post(|s: State<AppState>, r: Request| async move {
+                // models only a jimeng or fal channel serves are translated there (tasks::images)
+                match crate::tasks::images::take(&s.0, r).await {
+                    Ok(answered) => answered,
+                    Err(r) => json_route(s, r, &IMAGE_GENERATIONS).await,
+                }
+            }),
         )
         .route(
             "/v1/audio/speech",

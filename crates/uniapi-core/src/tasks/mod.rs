@@ -4,6 +4,9 @@
 //! wire mapping (`suno`): submit, poll, status mapping.
 
 pub mod callback;
+pub mod fal;
+pub mod images;
+pub mod jimeng;
 pub mod midjourney;
 pub mod submit;
 pub mod suno;
@@ -116,6 +119,7 @@ pub fn render(task: &TaskRow) -> serde_json::Value {
     match task.family.as_str() {
         "suno" => suno::dto(task),
         "midjourney" => midjourney::dto(task),
+        "fal" => fal::dto(task),
         _ => serde_json::json!({"id": task.id, "status": task.state, "progress": task.progress}),
     }
 }
@@ -185,7 +189,8 @@ async fn poll_channel(state: &AppState, channel: Option<Arc<Channel>>, tasks: Ve
     let outcome = match channel.kind {
         crate::catalog::ChannelKind::Suno => suno::poll(state, &channel, &tasks).await,
         crate::catalog::ChannelKind::Midjourney => midjourney::poll(state, &channel, &tasks).await,
-        crate::catalog::ChannelKind::Openai => return,
+        crate::catalog::ChannelKind::Fal => fal::poll(state, &channel, &tasks).await,
+        crate::catalog::ChannelKind::Openai | crate::catalog::ChannelKind::Jimeng => return,
     };
     let now = now_ms();
     match outcome {

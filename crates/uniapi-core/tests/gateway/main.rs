@@ -6,6 +6,8 @@ mod admin;
 mod billing;
 mod errors;
 mod failover;
+mod fal;
+mod jimeng;
 mod midjourney;
 mod routing;
 mod store;

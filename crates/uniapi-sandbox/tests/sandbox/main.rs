@@ -3,6 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod control;
+mod fal;
+mod jimeng;
 mod midjourney;
 mod openai_chat;
 mod openai_media;
