@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use std::collections::{BTreeMap, HashSet};
 
-use super::{Store, StoreResult, safe, with_pool};
+use super::{Store, StoreResult, batch_chunks, multi_row_insert, safe, with_pool};
 use crate::billing::ledger::{LedgerEntry, Opening, Standing};
 
 /// One user's stored balance next to the sum of their ledger entries.
@@ -16,48 +16,26 @@ pub struct BalanceCheck {
     pub entries_nano: i64,
 }
 
-/// Entries per INSERT statement (8 parameters each: far below either database's limit).
-const ENTRY_CHUNK: usize = 256;
-
-fn insert_entries_sql(rows: usize) -> String {
-    let mut sql = String::from(
-        "INSERT INTO ledger_entries (id, user_id, key_id, kind, amount_nano, cache_nano, note, created_at) VALUES ",
-    );
-    for row in 0..rows {
-        let n = row * 8;
-        if row > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str(&format!(
-            "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-            n + 1,
-            n + 2,
-            n + 3,
-            n + 4,
-            n + 5,
-            n + 6,
-            n + 7,
-            n + 8
-        ));
-    }
-    sql.push_str(" ON CONFLICT (id) DO NOTHING RETURNING id");
-    sql
-}
+static ENTRY_INSERTS: [std::sync::OnceLock<String>; 8] = [const { std::sync::OnceLock::new() }; 8];
+const ENTRY_COLUMNS: &str = "id, user_id, key_id, kind, amount_nano, cache_nano, note, created_at";
 
 impl Store {
     pub async fn apply_ledger_entries(&self, entries: &[LedgerEntry]) -> StoreResult<()> {
         if entries.is_empty() {
             return Ok(());
         }
+        let sqlite = matches!(self, Store::Sqlite(_));
         // one multi-row INSERT per chunk tells which entries are new; the balances then move once per
         // user and key for the whole batch (a handful of statements instead of three per entry)
         let mut users: BTreeMap<i64, (i64, i64, i64)> = BTreeMap::new();
         let mut keys: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            for chunk in entries.chunks(ENTRY_CHUNK) {
-                let sql = insert_entries_sql(chunk.len());
-                let mut query = sqlx::query_scalar::<_, String>(safe(&sql));
+            for (start, rows) in batch_chunks(entries.len()) {
+                let chunk = &entries[start..start + rows];
+                let sql = multi_row_insert(&ENTRY_INSERTS, sqlite, rows, "ledger_entries", ENTRY_COLUMNS,
+                    "ON CONFLICT (id) DO NOTHING RETURNING id");
+                let mut query = sqlx::query_scalar::<_, String>(safe(sql));
                 for e in chunk {
                     query = query.bind(&e.id).bind(e.user_id).bind(e.key_id).bind(e.kind).bind(e.amount_nano)
                         .bind(e.cache_nano).bind(&e.note).bind(e.created_at);

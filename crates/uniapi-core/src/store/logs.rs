@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use sqlx::Row;
 
-use super::{Store, StoreResult, safe, with_pool};
+use super::{Store, StoreResult, batch_chunks, multi_row_insert, safe, with_pool};
 
 /// One channel attempt of a request, and why it failed if it did.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -119,28 +119,7 @@ macro_rules! log_from_row {
     }};
 }
 
-/// Logs per INSERT statement (22 parameters each: far below either database's limit).
-const LOG_CHUNK: usize = 128;
-const LOG_FIELDS: usize = 22;
-
-fn insert_logs_sql(rows: usize) -> String {
-    let mut sql = format!("INSERT INTO request_logs ({LOG_COLUMNS}) VALUES ");
-    for row in 0..rows {
-        if row > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('(');
-        for col in 0..LOG_FIELDS {
-            if col > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!("${}", row * LOG_FIELDS + col + 1));
-        }
-        sql.push(')');
-    }
-    sql.push_str(" ON CONFLICT (id) DO NOTHING");
-    sql
-}
+static LOG_INSERTS: [std::sync::OnceLock<String>; 8] = [const { std::sync::OnceLock::new() }; 8];
 
 impl Store {
     /// Writes a batch in one transaction; a log id seen twice is written once.
@@ -148,11 +127,13 @@ impl Store {
         if logs.is_empty() {
             return Ok(());
         }
+        let sqlite = matches!(self, Store::Sqlite(_));
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            for chunk in logs.chunks(LOG_CHUNK) {
-                let sql = insert_logs_sql(chunk.len());
-                let mut query = sqlx::query(safe(&sql));
+            for (start, rows) in batch_chunks(logs.len()) {
+                let chunk = &logs[start..start + rows];
+                let sql = multi_row_insert(&LOG_INSERTS, sqlite, rows, "request_logs", LOG_COLUMNS, "ON CONFLICT (id) DO NOTHING");
+                let mut query = sqlx::query(safe(sql));
                 for log in chunk {
                     let attempts = serde_json::to_string(&log.attempts).unwrap_or_else(|_| "[]".into());
                     query = query

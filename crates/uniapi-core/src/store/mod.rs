@@ -46,7 +46,67 @@ pub(crate) use with_pool;
 
 /// Statements assembled with `format!` from constant column lists (never from input) are safe to run.
 pub(crate) fn safe(sql: &str) -> sqlx::AssertSqlSafe<String> {
+    // (the statement text is only the cache key after the first use)
     sqlx::AssertSqlSafe(sql.to_string())
+}
+
+/// Row counts of the multi-row statements a write-behind batch is cut into, largest first: few
+/// distinct statements, so each is prepared once per connection and then comes from the statement
+/// cache (preparing a statement of hundreds of rows costs more than running it).
+pub(crate) const BATCH_SIZES: [usize; 4] = [64, 16, 4, 1];
+
+/// `(start, rows)` of the chunks `len` rows are written in, sizes from [`BATCH_SIZES`].
+pub(crate) fn batch_chunks(len: usize) -> Vec<(usize, usize)> {
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    for size in BATCH_SIZES {
+        while len - start >= size {
+            chunks.push((start, size));
+            start += size;
+        }
+    }
+    chunks
+}
+
+/// `INSERT INTO {table} ({columns}) VALUES (…), (…) {tail}` for `rows` rows, built once per dialect
+/// and size. Placeholders are anonymous `?` on SQLite (looking up numbered ones is linear per bind,
+/// so quadratic per statement) and `$n` on PostgreSQL.
+pub(crate) fn multi_row_insert(
+    cache: &'static [std::sync::OnceLock<String>; 8],
+    sqlite: bool,
+    rows: usize,
+    table: &str,
+    columns: &str,
+    tail: &str,
+) -> &'static str {
+    let size_index = BATCH_SIZES.iter().position(|s| *s == rows).unwrap_or(0);
+    let slot = &cache[size_index * 2 + usize::from(sqlite)];
+    slot.get_or_init(|| {
+        let width = columns.split(',').count();
+        let mut sql = format!("INSERT INTO {table} ({columns}) VALUES ");
+        let mut n = 0;
+        for row in 0..rows {
+            if row > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('(');
+            for col in 0..width {
+                if col > 0 {
+                    sql.push_str(", ");
+                }
+                n += 1;
+                if sqlite {
+                    sql.push('?');
+                } else {
+                    sql.push_str(&format!("${n}"));
+                }
+            }
+            sql.push(')');
+        }
+        sql.push(' ');
+        sql.push_str(tail);
+        sql
+    })
 }
 
 pub fn now_ms() -> i64 {
