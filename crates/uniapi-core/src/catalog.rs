@@ -17,6 +17,8 @@ use crate::store::{ChannelRow, KeyRow, Store, StoreResult, UserRow};
 pub enum ChannelKind {
     Openai,
     Suno,
+    Udio,
+    Luma,
 }
 
 const LATER_KINDS: &[&str] = &[
@@ -24,12 +26,10 @@ const LATER_KINDS: &[&str] = &[
     "anthropic",
     "gemini",
     "midjourney",
-    "udio",
     "ideogram",
     "fal",
     "jimeng",
     "kling",
-    "luma",
 ];
 
 impl ChannelKind {
@@ -37,11 +37,13 @@ impl ChannelKind {
         match kind {
             "openai" => Ok(ChannelKind::Openai),
             "suno" => Ok(ChannelKind::Suno),
+            "udio" => Ok(ChannelKind::Udio),
+            "luma" => Ok(ChannelKind::Luma),
             k if LATER_KINDS.contains(&k) => Err(format!(
-                "channel kind `{k}` is not supported by this version yet (supported: openai, suno)"
+                "channel kind `{k}` is not supported by this version yet (supported: openai, suno, udio, luma)"
             )),
             k => Err(format!(
-                "unknown channel kind `{k}` (supported: openai, suno)"
+                "unknown channel kind `{k}` (supported: openai, suno, udio, luma)"
             )),
         }
     }
@@ -50,6 +52,8 @@ impl ChannelKind {
         match self {
             ChannelKind::Openai => "openai",
             ChannelKind::Suno => "suno",
+            ChannelKind::Udio => "udio",
+            ChannelKind::Luma => "luma",
         }
     }
 }

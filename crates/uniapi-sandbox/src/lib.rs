@@ -11,12 +11,14 @@ mod error;
 mod fault;
 mod gate;
 mod journal;
+mod luma;
 mod openai;
 mod sse;
 mod state;
 mod suno;
 mod tasks;
 mod text;
+mod udio;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -63,6 +65,8 @@ pub fn router(config: SandboxConfig) -> Router {
         ))
         // Suno routes carry their own gate (Suno envelopes), on matched routes only.
         .merge(suno::routes(state.clone()))
+        .merge(udio::routes(state.clone()))
+        .merge(luma::routes(state.clone()))
         .merge(control::routes())
         .with_state(state)
 }

@@ -19,6 +19,10 @@ pub struct SandboxState {
     pub journal: Journal,
     /// Suno tasks by id.
     pub suno: TaskStore<crate::suno::Task>,
+    /// Udio tasks by id.
+    pub udio: TaskStore<crate::udio::Task>,
+    /// Luma generations by id.
+    pub luma: TaskStore<crate::luma::Generation>,
     calls: AtomicU64,
 }
 
@@ -38,6 +42,8 @@ impl SandboxState {
             faults: FaultQueue::default(),
             journal: Journal::default(),
             suno: TaskStore::default(),
+            udio: TaskStore::default(),
+            luma: TaskStore::default(),
             calls: AtomicU64::new(0),
         }
     }

@@ -21,10 +21,20 @@ const TOKEN_MODELS: &[(&str, f64, f64)] = &[
 ];
 
 /// (kind, channel name) of the task families the demo serves from the sandbox.
-const TASK_CHANNELS: &[(&str, &str)] = &[("suno", "sandbox-suno")];
+const TASK_CHANNELS: &[(&str, &str)] = &[
+    ("suno", "sandbox-suno"),
+    ("udio", "sandbox-udio"),
+    ("luma", "sandbox-luma"),
+];
 
 /// Per-call prices (USD) of the demo's task actions.
-const TASK_PRICES: &[(&str, f64)] = &[("suno_music", 0.10), ("suno_lyrics", 0.02)];
+const TASK_PRICES: &[(&str, f64)] = &[
+    ("suno_music", 0.10),
+    ("suno_lyrics", 0.02),
+    ("udio_music", 0.05),
+    ("luma_generate", 0.40),
+    ("luma_extend", 0.30),
+];
 
 pub struct DemoSetup {
     pub sandbox: SocketAddr,

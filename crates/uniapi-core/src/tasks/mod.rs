@@ -4,8 +4,10 @@
 //! wire mapping (`suno`): submit, poll, status mapping.
 
 pub mod callback;
+pub mod luma;
 pub mod submit;
 pub mod suno;
+pub mod udio;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -112,6 +114,8 @@ async fn settle(state: &AppState, task: &TaskRow, change: TaskChange) {
 pub fn render(task: &TaskRow) -> serde_json::Value {
     match task.family.as_str() {
         "suno" => suno::dto(task),
+        "udio" => udio::dto(task),
+        "luma" => luma::dto(task),
         _ => serde_json::json!({"id": task.id, "status": task.state, "progress": task.progress}),
     }
 }
@@ -180,6 +184,8 @@ async fn poll_channel(state: &AppState, channel: Option<Arc<Channel>>, tasks: Ve
     };
     let outcome = match channel.kind {
         crate::catalog::ChannelKind::Suno => suno::poll(state, &channel, &tasks).await,
+        crate::catalog::ChannelKind::Udio => udio::poll(state, &channel, &tasks).await,
+        crate::catalog::ChannelKind::Luma => luma::poll(state, &channel, &tasks).await,
         crate::catalog::ChannelKind::Openai => return,
     };
     let now = now_ms();

@@ -3,8 +3,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod control;
+mod luma;
 mod openai_chat;
 mod openai_media;
 mod openai_responses;
 mod suno;
 mod support;
+mod udio;
