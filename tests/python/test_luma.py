@@ -84,7 +84,7 @@ def test_a_failed_generation_is_refunded_once(gateway):
 
 
 def test_bad_input_costs_nothing_and_never_goes_upstream(gateway):
-    gateway.sandbox_config(task_ms=5000)
+    gateway.sandbox_config(task_ms=2000)
     running = luma(gateway, "POST", "/luma/generations", {"user_prompt": "slow"}).json()["id"]
     before = gateway.balance_nano()
     calls = len([r for r in gateway.journal() if r["method"] == "POST"])
@@ -102,6 +102,7 @@ def test_bad_input_costs_nothing_and_never_goes_upstream(gateway):
     refused = luma(gateway, "POST", "/luma/generations", {"user_prompt": "please reject"})
     assert refused.status == 400 and is_openai_error(refused), refused.body
     assert gateway.balance_nano() == before
+    gateway.wait_task(running)  # nothing of this test is left for the poller
     gateway.ledger_reconciles()
 
 
@@ -113,6 +114,7 @@ def test_an_idempotent_resubmit_returns_the_first_task(gateway):
     assert first["id"] == second["id"]
     assert before - gateway.balance_nano() == GENERATE
     assert len([r for r in gateway.journal() if r["path"] == "/luma/generations"]) == 1
+    gateway.wait_task(first["id"])
 
 
 def test_another_users_generation_is_not_found(gateway, other_key):

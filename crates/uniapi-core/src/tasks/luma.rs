@@ -212,9 +212,13 @@ async fn read_body(
 
 /// Takes the client's callback out of the body: uniapi calls it, the upstream never sees it.
 fn take_hook(body: &mut Map<String, Value>) -> Option<String> {
-    ["notify_hook", "callback_url"]
+    // both names leave the body, whichever carries the URL
+    let taken: Vec<Value> = ["notify_hook", "callback_url"]
         .into_iter()
         .filter_map(|name| body.remove(name))
+        .collect();
+    taken
+        .into_iter()
         .find_map(|h| h.as_str().filter(|h| !h.is_empty()).map(str::to_string))
 }
 
