@@ -564,3 +564,42 @@ async fn idempotency_and_callbacks() {
             .any(|r| r["body_json"].to_string().contains(&receiver.url))
     );
 }
+
+#[tokio::test]
+async fn the_admin_channel_test_checks_udio_and_luma_keys() {
+    let sandbox = Sandbox::with_keys(&["sk-good-key"]).await;
+    let mut channels = Vec::new();
+    for kind in ["udio", "luma"] {
+        let mut c = channel(kind, &sandbox, &[]);
+        c.kind = kind.into();
+        c.keys = vec!["sk-good-key".into(), "sk-bad-key-1".into()];
+        channels.push(c);
+    }
+    let gw = TestGateway::start(luma_config(channels)).await;
+    let (_, listed) = gw.admin(Method::GET, "/channels", None).await;
+    for c in listed["data"].as_array().unwrap() {
+        let id = c["id"].as_i64().unwrap();
+        let (status, result) = gw
+            .admin(Method::POST, &format!("/channels/{id}/test"), None)
+            .await;
+        assert_eq!(status, 200, "{result}");
+        assert_eq!(result["keys"][0]["ok"], true, "{} {result}", c["kind"]);
+        assert_eq!(result["keys"][1]["ok"], false, "{result}");
+        assert_eq!(result["keys"][1]["status"], 401, "{result}");
+        assert!(!result.to_string().contains("sk-bad-key-1"));
+    }
+    let paths: Vec<String> = sandbox
+        .journal()
+        .await
+        .iter()
+        .map(|r| r["path"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        paths.iter().any(|p| p.starts_with("/udio/fetch/")),
+        "{paths:?}"
+    );
+    assert!(
+        paths.iter().any(|p| p.starts_with("/luma/generations/")),
+        "{paths:?}"
+    );
+}
