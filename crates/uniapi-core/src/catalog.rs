@@ -20,17 +20,11 @@ pub enum ChannelKind {
     Midjourney,
     Fal,
     Jimeng,
+    Udio,
+    Luma,
 }
 
-const LATER_KINDS: &[&str] = &[
-    "azure",
-    "anthropic",
-    "gemini",
-    "udio",
-    "ideogram",
-    "kling",
-    "luma",
-];
+const LATER_KINDS: &[&str] = &["azure", "anthropic", "gemini", "ideogram", "kling"];
 
 impl ChannelKind {
     /// Every kind this version speaks.
@@ -40,6 +34,8 @@ impl ChannelKind {
         ChannelKind::Midjourney,
         ChannelKind::Fal,
         ChannelKind::Jimeng,
+        ChannelKind::Udio,
+        ChannelKind::Luma,
     ];
 
     pub fn parse(kind: &str) -> Result<ChannelKind, String> {
@@ -69,6 +65,8 @@ impl ChannelKind {
             ChannelKind::Midjourney => "midjourney",
             ChannelKind::Fal => "fal",
             ChannelKind::Jimeng => "jimeng",
+            ChannelKind::Udio => "udio",
+            ChannelKind::Luma => "luma",
         }
     }
 }

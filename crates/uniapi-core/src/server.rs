@@ -29,6 +29,8 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::tasks::suno::routes())
         .merge(crate::tasks::midjourney::routes())
         .merge(crate::tasks::fal::routes())
+        .merge(crate::tasks::udio::routes())
+        .merge(crate::tasks::luma::routes())
         .nest("/api", crate::admin::routes(state.clone()))
         .route(
             "/healthz",

@@ -13,6 +13,7 @@ mod fault;
 mod gate;
 mod jimeng;
 mod journal;
+mod luma;
 mod midjourney;
 mod openai;
 mod sse;
@@ -20,6 +21,7 @@ mod state;
 mod suno;
 mod tasks;
 mod text;
+mod udio;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -71,6 +73,8 @@ pub fn router(config: SandboxConfig) -> Router {
         .merge(midjourney::routes(state.clone()))
         .merge(fal::routes(state.clone()))
         .merge(jimeng::routes(state.clone()))
+        .merge(udio::routes(state.clone()))
+        .merge(luma::routes(state.clone()))
         .merge(control::routes())
         .with_state(state)
 }

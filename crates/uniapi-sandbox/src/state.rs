@@ -23,6 +23,10 @@ pub struct SandboxState {
     pub midjourney: TaskStore<crate::midjourney::Task>,
     pub fal: TaskStore<crate::fal::Task>,
     pub jimeng: TaskStore<crate::jimeng::Task>,
+    /// Udio tasks by id.
+    pub udio: TaskStore<crate::udio::Task>,
+    /// Luma generations by id.
+    pub luma: TaskStore<crate::luma::Generation>,
     calls: AtomicU64,
 }
 
@@ -45,6 +49,8 @@ impl SandboxState {
             midjourney: TaskStore::default(),
             fal: TaskStore::default(),
             jimeng: TaskStore::default(),
+            udio: TaskStore::default(),
+            luma: TaskStore::default(),
             calls: AtomicU64::new(0),
         }
     }

@@ -26,6 +26,8 @@ const TASK_CHANNELS: &[(&str, &str)] = &[
     ("midjourney", "sandbox-midjourney"),
     ("fal", "sandbox-fal"),
     ("jimeng", "sandbox-jimeng"),
+    ("udio", "sandbox-udio"),
+    ("luma", "sandbox-luma"),
 ];
 
 /// Per-call prices (USD) of the demo's task actions.
@@ -78,6 +80,9 @@ const TASK_PRICES: &[(&str, f64)] = &[
     ("swap_face_turbo", 0.06),
     ("fal-ai/flux-1/dev", 0.025),
     ("fal-ai/kling-video/v1/standard/text-to-video", 0.25),
+    ("udio_music", 0.05),
+    ("luma_generate", 0.40),
+    ("luma_extend", 0.30),
 ];
 
 /// The fal model paths the demo's fal channel serves (priced in TASK_PRICES).

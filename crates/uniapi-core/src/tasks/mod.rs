@@ -7,9 +7,11 @@ pub mod callback;
 pub mod fal;
 pub mod images;
 pub mod jimeng;
+pub mod luma;
 pub mod midjourney;
 pub mod submit;
 pub mod suno;
+pub mod udio;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -120,6 +122,8 @@ pub fn render(task: &TaskRow) -> serde_json::Value {
         "suno" => suno::dto(task),
         "midjourney" => midjourney::dto(task),
         "fal" => fal::dto(task),
+        "udio" => udio::dto(task),
+        "luma" => luma::dto(task),
         _ => serde_json::json!({"id": task.id, "status": task.state, "progress": task.progress}),
     }
 }
@@ -191,6 +195,8 @@ async fn poll_channel(state: &AppState, channel: Option<Arc<Channel>>, tasks: Ve
         crate::catalog::ChannelKind::Midjourney => midjourney::poll(state, &channel, &tasks).await,
         crate::catalog::ChannelKind::Fal => fal::poll(state, &channel, &tasks).await,
         crate::catalog::ChannelKind::Openai | crate::catalog::ChannelKind::Jimeng => return,
+        crate::catalog::ChannelKind::Udio => udio::poll(state, &channel, &tasks).await,
+        crate::catalog::ChannelKind::Luma => luma::poll(state, &channel, &tasks).await,
     };
     let now = now_ms();
     match outcome {

@@ -5,9 +5,11 @@
 mod control;
 mod fal;
 mod jimeng;
+mod luma;
 mod midjourney;
 mod openai_chat;
 mod openai_media;
 mod openai_responses;
 mod suno;
 mod support;
+mod udio;
