@@ -17,6 +17,8 @@ use crate::store::{ChannelRow, KeyRow, Store, StoreResult, UserRow};
 pub enum ChannelKind {
     Openai,
     Suno,
+    Kling,
+    Ideogram,
 }
 
 const LATER_KINDS: &[&str] = &[
@@ -25,10 +27,8 @@ const LATER_KINDS: &[&str] = &[
     "gemini",
     "midjourney",
     "udio",
-    "ideogram",
     "fal",
     "jimeng",
-    "kling",
     "luma",
 ];
 
@@ -37,11 +37,13 @@ impl ChannelKind {
         match kind {
             "openai" => Ok(ChannelKind::Openai),
             "suno" => Ok(ChannelKind::Suno),
+            "kling" => Ok(ChannelKind::Kling),
+            "ideogram" => Ok(ChannelKind::Ideogram),
             k if LATER_KINDS.contains(&k) => Err(format!(
-                "channel kind `{k}` is not supported by this version yet (supported: openai, suno)"
+                "channel kind `{k}` is not supported by this version yet (supported: openai, suno, kling, ideogram)"
             )),
             k => Err(format!(
-                "unknown channel kind `{k}` (supported: openai, suno)"
+                "unknown channel kind `{k}` (supported: openai, suno, kling, ideogram)"
             )),
         }
     }
@@ -50,6 +52,8 @@ impl ChannelKind {
         match self {
             ChannelKind::Openai => "openai",
             ChannelKind::Suno => "suno",
+            ChannelKind::Kling => "kling",
+            ChannelKind::Ideogram => "ideogram",
         }
     }
 }

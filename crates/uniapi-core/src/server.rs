@@ -27,6 +27,8 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::relay::openai::routes())
         .merge(crate::relay::platform::routes())
         .merge(crate::tasks::suno::routes())
+        .merge(crate::tasks::kling::routes())
+        .merge(crate::tasks::ideogram::routes())
         .nest("/api", crate::admin::routes(state.clone()))
         .route(
             "/healthz",

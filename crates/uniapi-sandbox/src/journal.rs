@@ -21,6 +21,9 @@ pub struct JournalEntry {
     pub query: Option<String>,
     pub authorization: Option<String>,
     pub content_type: Option<String>,
+    /// Every request header by lower-case name (families authenticate with their own headers:
+    /// `Api-Key`, `mj-api-secret`, ...).
+    pub headers: Map<String, Value>,
     pub body_json: Option<Value>,
     pub body_len: usize,
     /// Text fields by value, files as `"<file NAME, N bytes>"`; a name sent several times maps to
@@ -67,6 +70,14 @@ impl JournalEntry {
             query: parts.uri.query().map(str::to_owned),
             authorization: header_text(header::AUTHORIZATION),
             content_type: header_text(header::CONTENT_TYPE),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(name, value)| {
+                    let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                    (name.as_str().to_owned(), Value::String(value))
+                })
+                .collect(),
             body_json: body.json.clone(),
             body_len: body.bytes.len(),
             multipart_fields,

@@ -19,6 +19,10 @@ pub struct SandboxState {
     pub journal: Journal,
     /// Suno tasks by id.
     pub suno: TaskStore<crate::suno::Task>,
+    /// Kling tasks by id, and the key pair its JWTs are checked with.
+    pub kling: TaskStore<crate::kling::Task>,
+    pub kling_access_key: String,
+    pub kling_secret_key: String,
     calls: AtomicU64,
 }
 
@@ -38,6 +42,9 @@ impl SandboxState {
             faults: FaultQueue::default(),
             journal: Journal::default(),
             suno: TaskStore::default(),
+            kling: TaskStore::default(),
+            kling_access_key: config.kling_access_key,
+            kling_secret_key: config.kling_secret_key,
             calls: AtomicU64::new(0),
         }
     }

@@ -604,6 +604,13 @@ async fn delete_channel(State(state): State<AppState>, Path(id): Path<i64>) -> A
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// Probes that cannot succeed without spending money end in a client error that still proves the
+/// key was accepted: Kling's query of a task that does not exist, Ideogram's describe without an image.
+fn probe_accepted(kind: ChannelKind, status: axum::http::StatusCode) -> bool {
+    matches!(kind, ChannelKind::Kling | ChannelKind::Ideogram)
+        && matches!(status.as_u16(), 400 | 404 | 422)
+}
+
 /// Checks each key of a channel against the upstream with a free call (`GET /v1/models`; Suno: an empty fetch).
 async fn test_channel(State(state): State<AppState>, Path(id): Path<i64>) -> AdminResult {
     let row = state.store.channel(id).await?;
@@ -614,17 +621,19 @@ async fn test_channel(State(state): State<AppState>, Path(id): Path<i64>) -> Adm
         let started = std::time::Instant::now();
         let client = &state.upstream.client;
         let request = match kind {
-            ChannelKind::Openai => client.get(format!("{base}/v1/models")),
+            ChannelKind::Openai => client
+                .get(format!("{base}/v1/models"))
+                .bearer_auth(&key.secret),
             ChannelKind::Suno => client
                 .post(format!("{base}/suno/fetch"))
                 .header("content-type", "application/json")
-                .body(r#"{"ids":[]}"#),
+                .body(r#"{"ids":[]}"#)
+                .bearer_auth(&key.secret),
+            ChannelKind::Kling => crate::tasks::kling::probe(client, &base, &key.secret),
+            ChannelKind::Ideogram => crate::tasks::ideogram::probe(client, &base, &key.secret),
         };
-        let outcome = tokio::time::timeout(
-            std::time::Duration::from_secs(15),
-            request.bearer_auth(&key.secret).send(),
-        )
-        .await;
+        let outcome =
+            tokio::time::timeout(std::time::Duration::from_secs(15), request.send()).await;
         let (ok, status, error) = match outcome {
             Err(_) => (false, None, Some("timed out".to_string())),
             Ok(Err(e)) => (
@@ -637,7 +646,7 @@ async fn test_channel(State(state): State<AppState>, Path(id): Path<i64>) -> Adm
                 }),
             ),
             Ok(Ok(response)) => (
-                response.status().is_success(),
+                response.status().is_success() || probe_accepted(kind, response.status()),
                 Some(response.status().as_u16()),
                 None,
             ),

@@ -4,6 +4,9 @@
 //! wire mapping (`suno`): submit, poll, status mapping.
 
 pub mod callback;
+pub mod ideogram;
+mod imagecheck;
+pub mod kling;
 pub mod submit;
 pub mod suno;
 
@@ -112,6 +115,7 @@ async fn settle(state: &AppState, task: &TaskRow, change: TaskChange) {
 pub fn render(task: &TaskRow) -> serde_json::Value {
     match task.family.as_str() {
         "suno" => suno::dto(task),
+        "kling" => kling::dto(task),
         _ => serde_json::json!({"id": task.id, "status": task.state, "progress": task.progress}),
     }
 }
@@ -180,7 +184,8 @@ async fn poll_channel(state: &AppState, channel: Option<Arc<Channel>>, tasks: Ve
     };
     let outcome = match channel.kind {
         crate::catalog::ChannelKind::Suno => suno::poll(state, &channel, &tasks).await,
-        crate::catalog::ChannelKind::Openai => return,
+        crate::catalog::ChannelKind::Kling => kling::poll(state, &channel, &tasks).await,
+        crate::catalog::ChannelKind::Openai | crate::catalog::ChannelKind::Ideogram => return,
     };
     let now = now_ms();
     match outcome {

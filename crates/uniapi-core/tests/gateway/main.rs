@@ -6,6 +6,8 @@ mod admin;
 mod billing;
 mod errors;
 mod failover;
+mod ideogram;
+mod kling;
 mod routing;
 mod store;
 mod support;
