@@ -3,6 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod control;
+mod ideogram;
+mod kling;
 mod openai_chat;
 mod openai_media;
 mod openai_responses;
