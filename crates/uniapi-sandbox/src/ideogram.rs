@@ -148,21 +148,21 @@ async fn generate(Extension(call): Extension<Arc<Call>>) -> Response {
     }
 }
 
-/// The form of a multipart call with its `image_file`, or the 400 answer.
-fn form_with_image(call: &Call) -> Result<&[FormPart], Response> {
+/// The form of a multipart call with its `image_file`, or what is wrong with it.
+fn form_with_image(call: &Call) -> Result<&[FormPart], &'static str> {
     let Some(Ok(parts)) = &call.body.form else {
-        return Err(bad("expected a multipart/form-data body"));
+        return Err("expected a multipart/form-data body");
     };
     match find_part(parts, &["image_file"]) {
         Some(file) if file.is_file() && !file.data.is_empty() => Ok(parts),
-        _ => Err(bad("image_file is required")),
+        _ => Err("image_file is required"),
     }
 }
 
 fn multipart_images(call: &Call, upscale: bool) -> Response {
     let parts = match form_with_image(call) {
         Ok(parts) => parts,
-        Err(response) => return response,
+        Err(message) => return bad(message),
     };
     let Some(text) = text_field(parts, "image_request") else {
         return bad("image_request is required");
@@ -184,7 +184,7 @@ async fn upscale(Extension(call): Extension<Arc<Call>>) -> Response {
 async fn describe(Extension(call): Extension<Arc<Call>>) -> Response {
     let parts = match form_with_image(&call) {
         Ok(parts) => parts,
-        Err(response) => return response,
+        Err(message) => return bad(message),
     };
     let bytes = find_part(parts, &["image_file"]).map_or(0, |p| p.data.len());
     Json(json!({"descriptions": [{
