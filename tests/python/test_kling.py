@@ -131,6 +131,7 @@ def test_an_idempotent_resubmit_returns_the_first_task(gateway):
     assert first["data"]["task_id"] == second["data"]["task_id"]
     assert before - gateway.balance_nano() == 250_000_000
     assert len([r for r in gateway.journal() if r["method"] == "POST"]) == 1
+    gateway.wait_task(first["data"]["task_id"])  # no polls left running into the next test
 
 
 def test_another_users_task_is_not_found(gateway, other_key):
@@ -138,6 +139,7 @@ def test_another_users_task_is_not_found(gateway, other_key):
     theirs = kling(gateway, "GET", f"images/generations/{task_id}", key=other_key)
     assert theirs.status == 404 and theirs.json()["code"] == "task_not_exist" and theirs.json()["data"] is None
     assert kling(gateway, "GET", f"images/generations/{task_id}").status == 200
+    gateway.wait_task(task_id)
 
 
 def test_callbacks_are_delivered_and_never_sent_upstream(gateway, receiver):
@@ -148,6 +150,7 @@ def test_callbacks_are_delivered_and_never_sent_upstream(gateway, receiver):
     assert all(b["task_id"] == task_id for b in bodies)
     assert receiver.attempts > len(bodies)
     assert not any("callback_url" in json.dumps(r.get("body_json")) for r in gateway.journal())
+    gateway.wait_task(task_id)
 
 
 def test_the_channel_test_signs_its_probe(gateway):

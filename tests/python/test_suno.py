@@ -74,6 +74,7 @@ def test_an_idempotent_resubmit_returns_the_first_task(gateway):
     assert first["data"] == second["data"]
     assert before - gateway.balance_nano() == PRICE_LYRICS
     assert len([r for r in gateway.journal() if r["path"] == "/suno/submit/lyrics"]) == 1
+    gateway.wait_task(first["data"])  # no polls left running into the next test's journal
 
 
 def test_another_users_task_is_not_found(gateway, other_key):
@@ -82,6 +83,7 @@ def test_another_users_task_is_not_found(gateway, other_key):
     assert theirs.status == 404 and theirs.json()["code"] == "task_not_exist"
     batch = suno(gateway, "POST", "/suno/fetch", {"ids": [task_id]}, key=other_key).json()
     assert batch["data"] == []
+    gateway.wait_task(task_id)
 
 
 def test_callbacks_are_delivered_on_state_changes(gateway, receiver):
