@@ -22,9 +22,11 @@ pub enum ChannelKind {
     Jimeng,
     Udio,
     Luma,
+    Kling,
+    Ideogram,
 }
 
-const LATER_KINDS: &[&str] = &["azure", "anthropic", "gemini", "ideogram", "kling"];
+const LATER_KINDS: &[&str] = &["azure", "anthropic", "gemini"];
 
 impl ChannelKind {
     /// Every kind this version speaks.
@@ -36,6 +38,8 @@ impl ChannelKind {
         ChannelKind::Jimeng,
         ChannelKind::Udio,
         ChannelKind::Luma,
+        ChannelKind::Kling,
+        ChannelKind::Ideogram,
     ];
 
     pub fn parse(kind: &str) -> Result<ChannelKind, String> {
@@ -67,6 +71,8 @@ impl ChannelKind {
             ChannelKind::Jimeng => "jimeng",
             ChannelKind::Udio => "udio",
             ChannelKind::Luma => "luma",
+            ChannelKind::Kling => "kling",
+            ChannelKind::Ideogram => "ideogram",
         }
     }
 }

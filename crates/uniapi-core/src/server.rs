@@ -31,6 +31,8 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::tasks::fal::routes())
         .merge(crate::tasks::udio::routes())
         .merge(crate::tasks::luma::routes())
+        .merge(crate::tasks::kling::routes())
+        .merge(crate::tasks::ideogram::routes())
         .nest("/api", crate::admin::routes(state.clone()))
         .route(
             "/healthz",

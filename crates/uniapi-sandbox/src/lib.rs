@@ -11,8 +11,10 @@ mod error;
 mod fal;
 mod fault;
 mod gate;
+mod ideogram;
 mod jimeng;
 mod journal;
+mod kling;
 mod luma;
 mod midjourney;
 mod openai;
@@ -44,7 +46,14 @@ pub struct SandboxConfig {
     pub stream_chunks: usize,
     /// Delay before each streamed content chunk.
     pub chunk_delay_ms: u64,
+    /// The Kling access key / secret key pair the official Kling routes verify JWTs with.
+    pub kling_access_key: String,
+    pub kling_secret_key: String,
 }
+
+/// The sandbox's default Kling key pair (a `kling` channel's key is `ACCESS|SECRET`).
+pub const KLING_ACCESS_KEY: &str = "sandbox-kling-access-key";
+pub const KLING_SECRET_KEY: &str = "sandbox-kling-secret-key-0123456789";
 
 impl Default for SandboxConfig {
     fn default() -> Self {
@@ -53,6 +62,8 @@ impl Default for SandboxConfig {
             latency_ms: 0,
             stream_chunks: 8,
             chunk_delay_ms: 0,
+            kling_access_key: KLING_ACCESS_KEY.into(),
+            kling_secret_key: KLING_SECRET_KEY.into(),
         }
     }
 }
@@ -75,6 +86,8 @@ pub fn router(config: SandboxConfig) -> Router {
         .merge(jimeng::routes(state.clone()))
         .merge(udio::routes(state.clone()))
         .merge(luma::routes(state.clone()))
+        .merge(kling::routes(state.clone()))
+        .merge(ideogram::routes(state.clone()))
         .merge(control::routes())
         .with_state(state)
 }

@@ -27,6 +27,10 @@ pub struct SandboxState {
     pub udio: TaskStore<crate::udio::Task>,
     /// Luma generations by id.
     pub luma: TaskStore<crate::luma::Generation>,
+    /// Kling tasks by id, and the key pair its JWTs are checked with.
+    pub kling: TaskStore<crate::kling::Task>,
+    pub kling_access_key: String,
+    pub kling_secret_key: String,
     calls: AtomicU64,
 }
 
@@ -51,6 +55,9 @@ impl SandboxState {
             jimeng: TaskStore::default(),
             udio: TaskStore::default(),
             luma: TaskStore::default(),
+            kling: TaskStore::default(),
+            kling_access_key: config.kling_access_key,
+            kling_secret_key: config.kling_secret_key,
             calls: AtomicU64::new(0),
         }
     }

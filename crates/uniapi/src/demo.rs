@@ -28,6 +28,8 @@ const TASK_CHANNELS: &[(&str, &str)] = &[
     ("jimeng", "sandbox-jimeng"),
     ("udio", "sandbox-udio"),
     ("luma", "sandbox-luma"),
+    ("kling", "sandbox-kling"),
+    ("ideogram", "sandbox-ideogram"),
 ];
 
 /// Per-call prices (USD) of the demo's task actions.
@@ -83,6 +85,12 @@ const TASK_PRICES: &[(&str, f64)] = &[
     ("udio_music", 0.05),
     ("luma_generate", 0.40),
     ("luma_extend", 0.30),
+    ("kling_image", 0.02),
+    ("kling_virtual_try_on", 0.05),
+    ("kling_text2video", 0.20),
+    ("kling_text2video:kling-v2-master", 0.50),
+    ("kling_image2video", 0.25),
+    ("ideogram_describe", 0.01),
 ];
 
 /// The fal model paths the demo's fal channel serves (priced in TASK_PRICES).
@@ -95,6 +103,14 @@ const FAL_MODELS: &[&str] = &[
 const JIMENG_MODELS: &[(&str, &str, f64)] = &[
     ("jimeng-4.0", "jimeng_t2i_v40", 0.03),
     ("jimeng-3.0", "jimeng_t2i_v30", 0.02),
+];
+
+/// Per-image prices (USD) of the demo's synchronous image families.
+const IMAGE_PRICES: &[(&str, f64)] = &[
+    ("ideogram_generate", 0.04),
+    ("ideogram_generate:V_2_TURBO", 0.025),
+    ("ideogram_remix", 0.04),
+    ("ideogram_upscale", 0.05),
 ];
 
 pub struct DemoSetup {
@@ -130,12 +146,26 @@ pub async fn prepare(config: &mut Config) -> anyhow::Result<DemoSetup> {
     });
     // every task family of the sandbox, as a channel of its kind
     for (kind, name) in TASK_CHANNELS {
+        // Kling's official API sits under `/klingai` (signed with the sandbox's key pair), Ideogram's
+        // under `/ideogram`
+        let (base_url, key) = match *kind {
+            "kling" => (
+                format!("http://{sandbox}/klingai"),
+                format!(
+                    "{}|{}",
+                    uniapi_sandbox::KLING_ACCESS_KEY,
+                    uniapi_sandbox::KLING_SECRET_KEY
+                ),
+            ),
+            "ideogram" => (format!("http://{sandbox}/ideogram"), SANDBOX_KEY.into()),
+            _ => (format!("http://{sandbox}"), SANDBOX_KEY.into()),
+        };
         config.channels.retain(|c| c.name != *name);
         config.channels.push(ChannelConfig {
             name: (*name).into(),
             kind: (*kind).into(),
-            base_url: format!("http://{sandbox}"),
-            keys: vec![SANDBOX_KEY.into()],
+            base_url,
+            keys: vec![key],
             models: Vec::new(),
             model_map: Default::default(),
             priority: 0,
@@ -151,6 +181,15 @@ pub async fn prepare(config: &mut Config) -> anyhow::Result<DemoSetup> {
             .entry((*name).to_string())
             .or_insert(PriceConfig {
                 per_call: Some(*usd),
+                ..Default::default()
+            });
+    }
+    for (name, usd) in IMAGE_PRICES {
+        config
+            .prices
+            .entry((*name).to_string())
+            .or_insert(PriceConfig {
+                per_image: Some(*usd),
                 ..Default::default()
             });
     }

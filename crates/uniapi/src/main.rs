@@ -88,6 +88,7 @@ async fn main() -> anyhow::Result<()> {
                 latency_ms,
                 stream_chunks,
                 chunk_delay_ms,
+                ..Default::default()
             };
             println!(
                 "uniapi sandbox listening on http://{}",

@@ -604,6 +604,16 @@ async fn delete_channel(State(state): State<AppState>, Path(id): Path<i64>) -> A
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// Probes that cannot succeed without spending money end in a client error that still proves the
+/// key was accepted: Kling's query of a task that does not exist, Ideogram's describe without an image.
+fn probe_accepted(kind: ChannelKind, status: axum::http::StatusCode) -> bool {
+    match kind {
+        ChannelKind::Kling | ChannelKind::Ideogram => matches!(status.as_u16(), 400 | 404 | 422),
+        ChannelKind::Udio | ChannelKind::Luma => status.as_u16() == 404,
+        _ => false,
+    }
+}
+
 /// Checks each key of a channel against the upstream with a free call (`GET /v1/models`; Suno: an empty fetch).
 async fn test_channel(State(state): State<AppState>, Path(id): Path<i64>) -> AdminResult {
     let row = state.store.channel(id).await?;
@@ -638,6 +648,8 @@ async fn test_channel(State(state): State<AppState>, Path(id): Path<i64>) -> Adm
             ChannelKind::Luma => client
                 .get(format!("{base}/luma/generations/uniapi-channel-test"))
                 .bearer_auth(&key.secret),
+            ChannelKind::Kling => crate::tasks::kling::probe(client, &base, &key.secret),
+            ChannelKind::Ideogram => crate::tasks::ideogram::probe(client, &base, &key.secret),
         };
         let outcome =
             tokio::time::timeout(std::time::Duration::from_secs(15), request.send()).await;
@@ -653,9 +665,7 @@ async fn test_channel(State(state): State<AppState>, Path(id): Path<i64>) -> Adm
                 }),
             ),
             Ok(Ok(response)) => (
-                response.status().is_success()
-                    || (matches!(kind, ChannelKind::Udio | ChannelKind::Luma)
-                        && response.status() == reqwest::StatusCode::NOT_FOUND),
+                response.status().is_success() || probe_accepted(kind, response.status()),
                 Some(response.status().as_u16()),
                 None,
             ),

@@ -5,8 +5,11 @@
 
 pub mod callback;
 pub mod fal;
+pub mod ideogram;
+mod imagecheck;
 pub mod images;
 pub mod jimeng;
+pub mod kling;
 pub mod luma;
 pub mod midjourney;
 pub mod submit;
@@ -124,6 +127,7 @@ pub fn render(task: &TaskRow) -> serde_json::Value {
         "fal" => fal::dto(task),
         "udio" => udio::dto(task),
         "luma" => luma::dto(task),
+        "kling" => kling::dto(task),
         _ => serde_json::json!({"id": task.id, "status": task.state, "progress": task.progress}),
     }
 }
@@ -194,9 +198,12 @@ async fn poll_channel(state: &AppState, channel: Option<Arc<Channel>>, tasks: Ve
         crate::catalog::ChannelKind::Suno => suno::poll(state, &channel, &tasks).await,
         crate::catalog::ChannelKind::Midjourney => midjourney::poll(state, &channel, &tasks).await,
         crate::catalog::ChannelKind::Fal => fal::poll(state, &channel, &tasks).await,
-        crate::catalog::ChannelKind::Openai | crate::catalog::ChannelKind::Jimeng => return,
+        crate::catalog::ChannelKind::Openai
+        | crate::catalog::ChannelKind::Jimeng
+        | crate::catalog::ChannelKind::Ideogram => return,
         crate::catalog::ChannelKind::Udio => udio::poll(state, &channel, &tasks).await,
         crate::catalog::ChannelKind::Luma => luma::poll(state, &channel, &tasks).await,
+        crate::catalog::ChannelKind::Kling => kling::poll(state, &channel, &tasks).await,
     };
     let now = now_ms();
     match outcome {

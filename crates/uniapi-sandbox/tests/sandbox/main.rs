@@ -4,7 +4,9 @@
 
 mod control;
 mod fal;
+mod ideogram;
 mod jimeng;
+mod kling;
 mod luma;
 mod midjourney;
 mod openai_chat;
