@@ -23,7 +23,12 @@ pub async fn read_limited(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    if let Some(n) = declared.filter(|n| *n > limit as u64) {
+        // read (and drop) a moderately oversized body before answering, so the client, still
+        // sending, gets the 413 instead of a reset connection; a huge one is refused at once
+        if n <= (limit as u64).saturating_add(DRAIN_MAX) {
+            drain(body).await;
+        }
         return Err(ApiError::payload_too_large(limit));
     }
     match Limited::new(body, limit).collect().await {
@@ -35,6 +40,21 @@ pub async fn read_limited(
             "The request body could not be read: {e}"
         ))),
     }
+}
+
+/// Bytes past the limit a refused body is still read for (see [`read_limited`]).
+const DRAIN_MAX: u64 = 32 * 1024 * 1024;
+
+/// Reads a refused body to its end (bounded by the declared length the caller checked, and by time).
+async fn drain(mut body: Body) {
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            if frame.is_err() {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), read).await;
 }
 
 fn content_type(headers: &HeaderMap) -> Option<&str> {
