@@ -275,7 +275,7 @@ http {{
 """
 
 
-def start_nginx_proxy(nginx: str, work: Path, upstream_url: str) -> Target:
+def start_nginx_proxy(nginx: str, work: Path, upstream_url: str, wrap: list[str] | None = None) -> Target:
     prefix = work / "nginx-proxy"
     prefix.mkdir()
     port = free_port()
@@ -294,8 +294,10 @@ def start_nginx_proxy(nginx: str, work: Path, upstream_url: str) -> Target:
   }}
 }}
 """
+    if wrap:
+        conf = "master_process off;\n" + conf  # one process for the profiler to follow
     (prefix / "nginx.conf").write_text(conf)
-    proc = Proc("nginx-proxy", [nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf"),
+    proc = Proc("nginx-proxy", [*(wrap or []), nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf"),
                                 "-e", str(prefix / "error.log")], TARGET_CPU, work)
     url = f"http://127.0.0.1:{port}"
     headers = {"Authorization": f"Bearer {UPSTREAM_KEY}"}
@@ -334,7 +336,7 @@ def start_nginx_fixed_upstream(nginx: str, work: Path, cpu: str) -> tuple[Proc, 
     return proc, url
 
 
-def start_uniapi(binary: Path, work: Path, upstream_url: str) -> Target:
+def start_uniapi(binary: Path, work: Path, upstream_url: str, wrap: list[str] | None = None) -> Target:
     port = free_port()
     d = work / "uniapi"
     d.mkdir()
@@ -372,7 +374,7 @@ key = "{USER_KEY}"
 """
     (d / "uniapi.toml").write_text(conf)
     env = {k: v for k, v in os.environ.items() if not k.startswith("UNIAPI_")}
-    proc = Proc("uniapi", [str(binary), "serve", "--config", str(d / "uniapi.toml")], TARGET_CPU, work,
+    proc = Proc("uniapi", [*(wrap or []), str(binary), "serve", "--config", str(d / "uniapi.toml")], TARGET_CPU, work,
                 env=env, cwd=d)
     url = f"http://127.0.0.1:{port}"
     headers = {"Authorization": f"Bearer {USER_KEY}"}
@@ -695,6 +697,176 @@ def bench_target(t: Target, args, work: Path, oha: str | None) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
+# instruction counts (valgrind --tool=callgrind): repeatable whatever else the machine is doing
+
+
+def keepalive_requests(url: str, headers: dict[str, str], body: str, n: int) -> int:
+    """Sends `n` POSTs on one keep-alive connection; returns how many answered 200."""
+    import http.client
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    ok = 0
+    for _ in range(n):
+        conn.request("POST", "/v1/chat/completions", body=body, headers={**headers, "Content-Type": "application/json"})
+        resp = conn.getresponse()
+        resp.read()
+        ok += resp.status == 200
+    conn.close()
+    return ok
+
+
+def callgrind_total(out_file: Path) -> int:
+    for line in out_file.read_text(errors="replace").splitlines():
+        if line.startswith("totals:"):
+            return int(line.split()[1])
+    raise BenchError(f"no totals in {out_file}")
+
+
+def profile(binary: Path, nginx: str, work: Path, n: int) -> dict:
+    """Instructions per request of uniapi and of the nginx proxy, for chat JSON and for streams, each
+    counted by callgrind after a warm-up; the annotated hot spots of uniapi go to bench/.work/."""
+    if not shutil.which("valgrind"):
+        raise BenchError("valgrind not found: apt-get install -y valgrind")
+    upstream, up_url = start_sandbox(binary, work, 16)
+    out: dict = {"requests": n}
+    outdir = BENCH / ".work"
+    outdir.mkdir(exist_ok=True)
+    try:
+        for name in ("uniapi", "nginx"):
+            cg = work / f"callgrind.{name}.%p"
+            wrap = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={cg}", "--instr-atstart=no"]
+            t = (start_uniapi(binary, work, up_url, wrap) if name == "uniapi"
+                 else start_nginx_proxy(nginx, work, up_url, wrap))
+            try:
+                keepalive_requests(t.url, t.headers, CHAT_BODY, 200)
+                figures = {}
+                for kind, body, count in (("chat", CHAT_BODY, n), ("stream", STREAM_BODY, max(1, n // 4))):
+                    for pid in t.pids():
+                        subprocess.run(["callgrind_control", "-i", "on", str(pid)], capture_output=True)
+                    ok = keepalive_requests(t.url, t.headers, body, count)
+                    for pid in t.pids():
+                        subprocess.run(["callgrind_control", "-i", "off", str(pid)], capture_output=True)
+                        subprocess.run(["callgrind_control", "-d", kind, str(pid)], capture_output=True)
+                    if ok != count:
+                        raise BenchError(f"{name}: {count - ok} of {count} {kind} requests failed")
+                    time.sleep(0.5)
+                    # dumps are `<out file>.<n>` (the bare out file is only complete at exit)
+                    files = sorted(work.glob(f"callgrind.{name}.*.*"), key=lambda f: f.stat().st_mtime)
+                    dumps = [f for f in files if f not in figures.get("_seen", [])]
+                    if not dumps:
+                        raise BenchError(f"callgrind wrote no dump for {name} {kind}")
+                    figures.setdefault("_seen", []).extend(dumps)
+                    total = sum(callgrind_total(f) for f in dumps)
+                    figures[f"{kind}_instructions_per_request"] = total // count
+                    if name == "uniapi":
+                        for f in dumps:
+                            ann = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=95", str(f)],
+                                                 capture_output=True, text=True).stdout
+                            (outdir / f"callgrind-uniapi-{kind}.txt").write_text(ann)
+                            shutil.copy2(f, outdir / f"callgrind.out.uniapi-{kind}")
+                    log(f"  {name} {kind}: {figures[f'{kind}_instructions_per_request']:,} instructions per request")
+                figures.pop("_seen", None)
+                out[name] = figures
+            finally:
+                t.proc.stop()
+        for kind in ("chat", "stream"):
+            k = f"{kind}_instructions_per_request"
+            out[f"{kind}_uniapi_vs_nginx"] = out["uniapi"][k] / max(1, out["nginx"][k])
+    finally:
+        upstream.stop()
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# soak: a steady mixed load for a long time, RSS sampled every second
+
+
+def soak(t: Target, oha: str | None, work: Path, seconds: float, rate: int, stream_rate: int) -> dict:
+    """Runs chat JSON at `rate` req/s and streamed chat at `stream_rate` req/s against `t` for
+    `seconds`, sampling the target's RSS every second. Memory is flat when the last tenth of the run
+    holds no more than the second tenth (after warm-up) plus a small allowance."""
+    chat_url = t.url + "/v1/chat/completions"
+    loads = []
+    secs = max(5, round(seconds))
+    for body, r in ((CHAT_BODY, rate), (STREAM_BODY, stream_rate)):
+        if oha:
+            cmd = ["taskset", "-c", LOADGEN_CPU, oha, "--no-tui", "--output-format", "json", "-z", f"{secs}s",
+                   "-q", str(r), "-c", "16", "-m", "POST", "-H", "Content-Type: application/json", "-d", body]
+            for k, v in t.headers.items():
+                cmd += ["-H", f"{k}: {v}"]
+        else:
+            lua = wrk_script(work, t.name + f"-soak-{r}", t.headers, body)
+            cmd = ["taskset", "-c", LOADGEN_CPU, "wrk", "-t1", "-c4", f"-d{secs}s", "--timeout", "5s", "-s", str(lua)]
+        cmd.append(chat_url)
+        loads.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    samples = []
+    t0 = time.monotonic()
+    while any(p.poll() is None for p in loads):
+        _, rss = memory_kb(t.pids())
+        samples.append([round(time.monotonic() - t0, 1), round(rss / 1024, 2)])
+        time.sleep(1.0)
+    requests = errors = 0
+    for p in loads:
+        out, err = p.communicate()
+        if p.returncode != 0:
+            raise BenchError(f"soak load failed: {err or out}")
+        if oha:
+            data = json.loads(out)
+            codes = data.get("statusCodeDistribution", {})
+            requests += sum(v for k, v in codes.items() if k.startswith("2"))
+            errors += sum(v for k, v in codes.items() if not k.startswith("2")) + sum(
+                v for k, v in data.get("errorDistribution", {}).items() if "deadline" not in k)
+        else:
+            m = re.search(r"(\d+) requests in", out)
+            requests += int(m.group(1)) if m else 0
+    rss = [s[1] for s in samples]
+    n = len(rss)
+    tenth = max(1, n // 10)
+    early = statistics.mean(rss[tenth:2 * tenth] or rss[:1])
+    late = statistics.mean(rss[-tenth:])
+    hwm, _ = memory_kb(t.pids())
+    growth = late - early
+    result = {"seconds": secs, "chat_rate": rate, "stream_rate": stream_rate, "requests": requests, "errors": errors,
+              "rss_start_mb": rss[0] if rss else None, "rss_early_mb": round(early, 2), "rss_late_mb": round(late, 2),
+              "rss_max_mb": max(rss) if rss else None, "peak_rss_mb": round(hwm / 1024, 2),
+              "growth_mb": round(growth, 2), "flat": growth <= max(2.0, 0.05 * early), "samples": samples}
+    log(f"  soak {t.name}: {requests} requests, {errors} errors, RSS {result['rss_start_mb']} -> "
+        f"{result['rss_late_mb']} MB (max {result['rss_max_mb']}), growth {growth:+.2f} MB: "
+        f"{'flat' if result['flat'] else 'GROWING'}")
+    return result
+
+
+# every figure a run must produce; `--quick` in CI fails when one is missing (never on a timing)
+REQUIRED_ALL = ["rps_c32", "rps_c128", "p50_ms_at_200", "p90_ms_at_200", "p99_ms_at_200", "p50_ms_at_1000",
+                "p90_ms_at_1000", "p99_ms_at_1000", "stream_rps_c32", "ttfb_ms"]
+REQUIRED_PROCESS = ["peak_rss_mb", "cpu_s_per_1k_c32", "cpu_s_per_1k_c128", "cpu_s_per_1k_at_200",
+                    "cpu_s_per_1k_at_1000"]
+
+
+def missing_figures(results: dict) -> list[str]:
+    missing = []
+    summary = results.get("summary", {})
+    for t in ("direct", "nginx", "uniapi"):
+        if t not in summary:
+            missing.append(f"{t}: not measured")
+            continue
+        need = REQUIRED_ALL + (REQUIRED_PROCESS if t != "direct" else [])
+        missing += [f"{t}: {m}" for m in need if m not in summary[t]]
+    derived = results.get("derived", {}).get("uniapi", {})
+    for m in ("added_p50_ms_at_1000", "added_p99_ms_at_1000", "added_ttfb_ms", "rps_c32_vs_nginx"):
+        if m not in derived:
+            missing.append(f"uniapi: {m}")
+    if results.get("soak_requested"):
+        s = results.get("soak") or {}
+        for m in ("rss_early_mb", "rss_late_mb", "growth_mb", "requests"):
+            if s.get(m) is None:
+                missing.append(f"soak: {m}")
+        if not s.get("requests"):
+            missing.append("soak: no requests served")
+    return missing
+
+
+# --------------------------------------------------------------------------------------------
 # reporting
 
 METRICS = ["rps_c32", "rps_c128", "p50_ms_at_200", "p90_ms_at_200", "p99_ms_at_200", "p50_ms_at_1000",
@@ -791,6 +963,14 @@ def markdown(results: dict) -> str:
     for what, why in results.get("skipped", {}).items():
         lines.append("")
         lines.append(f"Not measured: {what}: {why[:200]}")
+    sk = results.get("soak")
+    if sk:
+        lines.append("")
+        lines.append(f"Soak (uniapi, {sk['seconds']} s, {sk['chat_rate']} chat/s + {sk['stream_rate']} streams/s, RSS "
+                     f"sampled every second): {sk['requests']} requests, {sk['errors']} errors; RSS "
+                     f"{sk['rss_early_mb']} MB after warm-up, {sk['rss_late_mb']} MB at the end (max "
+                     f"{sk['rss_max_mb']} MB, growth {sk['growth_mb']:+.2f} MB): "
+                     f"{'flat' if sk['flat'] else 'growing'}.")
     uc = results.get("upstream_compare")
     if uc:
         lines.append("")
@@ -851,10 +1031,20 @@ def main() -> int:
     ap.add_argument("--no-upstream-compare", action="store_true", help="skip the sandbox vs nginx upstream check")
     ap.add_argument("--json", default=str(BENCH / "results.json"), help="where to write the results")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs, SQLite)")
+    ap.add_argument("--soak", type=float, default=None,
+                    help="seconds of steady mixed load on uniapi with RSS sampled every second "
+                         "(default: 600 in a full run, 0 = none; quick runs none unless asked)")
+    ap.add_argument("--callgrind", type=int, metavar="N",
+                    help="instead of timing: count instructions per request (valgrind) of uniapi and the nginx "
+                         "proxy over N chat requests and N/4 streams; hot spots go to bench/.work/")
+    ap.add_argument("--soak-rate", type=int, default=400, help="chat JSON req/s during the soak (default 400)")
+    ap.add_argument("--soak-stream-rate", type=int, default=100, help="streamed req/s during the soak (default 100)")
     args = ap.parse_args()
     args.reps = args.reps or (1 if args.quick else 3)
     args.seconds = args.seconds or (3 if args.quick else 10)
     args.ttfb_n = args.ttfb_n or (30 if args.quick else 100)
+    if args.soak is None:
+        args.soak = 0 if args.quick else 600
 
     for tool in ("taskset", "wrk", "nginx"):
         if not shutil.which(tool):
@@ -866,6 +1056,21 @@ def main() -> int:
         log("oha not found: fixed-rate latency uses the Python open-loop fallback (cargo install oha --locked)")
     nginx = shutil.which("nginx")
     binary_src = locate_binary(args)
+
+    if args.callgrind:
+        work = Path(tempfile.mkdtemp(prefix="uniapi-callgrind-"))
+        binary = work / "uniapi-bin"
+        shutil.copy2(binary_src, binary)
+        try:
+            result = profile(binary, nginx, work, args.callgrind)
+        finally:
+            if not args.keep:
+                shutil.rmtree(work, ignore_errors=True)
+        result["git"] = machine()["git"]
+        print(json.dumps(result, indent=2))
+        (BENCH / ".work").mkdir(exist_ok=True)
+        (BENCH / ".work" / "callgrind.json").write_text(json.dumps(result, indent=2) + "\n")
+        return 0
 
     # this process is the TTFB client: keep it off the target's core
     os.sched_setaffinity(0, {int(LOADGEN_CPU)})
@@ -958,6 +1163,11 @@ def main() -> int:
                     raise BenchError(f"{t.name} died:\n{t.proc.tail()}")
                 runs[t.name].append(bench_target(t, args, work, oha))
         results["runs"] = runs
+        results["soak_requested"] = args.soak > 0
+        soak_target = next((t for t in targets if t.name == "uniapi"), None)
+        if args.soak > 0 and soak_target:
+            log(f"soak: {args.soak:.0f} s on uniapi")
+            results["soak"] = soak(soak_target, oha, work, args.soak, args.soak_rate, args.soak_stream_rate)
         results["summary"] = {t: summarize(r) for t, r in runs.items()}
         results["derived"] = derive(results["summary"])
         results["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -968,9 +1178,15 @@ def main() -> int:
         print(table)
         log(f"wrote {args.json}")
         bad = {t: s["errors"]["max"] for t, s in results["summary"].items() if s.get("errors", {}).get("max")}
+        if results.get("soak", {}).get("errors"):
+            bad["uniapi soak"] = results["soak"]["errors"]
         if bad:
             log(f"requests failed during the run: {bad}")
             return 1
+        missing = missing_figures(results)
+        if missing and all(t in wanted for t in ("direct", "nginx", "uniapi")):
+            log("figures missing from the run: " + "; ".join(missing))
+            return 3
         return 0
     finally:
         for p in reversed(procs):

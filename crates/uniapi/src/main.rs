@@ -9,6 +9,11 @@ use clap::{Parser, Subcommand};
 use uniapi_core::config::{Config, ProcessEnv};
 use uniapi_core::server::{Gateway, local_addr, shutdown_signal};
 
+/// mimalloc instead of glibc's allocator: callgrind put malloc/free at ~18% of the instructions of a
+/// relayed request, and glibc's per-thread arenas hold on to freed memory (RSS).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "uniapi",

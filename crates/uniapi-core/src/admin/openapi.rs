@@ -167,6 +167,29 @@ pub fn spec() -> Value {
         }),
     );
     add(
+        "/api/admin/tasks",
+        json!({"get": {
+            "summary": "Async tasks of every family, newest first",
+            "tags": ["admin"],
+            "security": [{"adminKey": []}],
+            "parameters": [
+                {"name": "user_id", "in": "query", "schema": {"type": "integer"}},
+                {"name": "family", "in": "query", "schema": {"type": "string", "enum": ["suno", "udio", "midjourney", "kling", "luma", "fal"]}},
+                {"name": "state", "in": "query", "schema": {"type": "string", "enum": ["SUBMITTED", "QUEUED", "IN_PROGRESS", "SUCCESS", "FAILURE"]}},
+                {"name": "limit", "in": "query", "schema": {"type": "integer"}},
+                {"name": "offset", "in": "query", "schema": {"type": "integer"}},
+            ],
+            "responses": {"200": ok_json("Tasks", list_of("Task")), "401": error_response("Bad admin key")},
+        }}),
+    );
+    add(
+        "/api/admin/tasks/{id}",
+        json!({
+            "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+            "get": admin_op("Get a task", None, ok_json("Task", reference("Task"))),
+        }),
+    );
+    add(
         "/api/admin/channels/{id}/test",
         json!({
             "parameters": id_param(),
@@ -246,12 +269,18 @@ pub fn spec() -> Value {
                     "modes": {"type": ["array", "null"], "items": string}, "enabled": boolean, "cooldown_until": {"type": ["integer", "null"]},
                     "created_at": integer, "updated_at": integer}}));
     schemas.insert("NewChannel".into(), json!({"type": "object", "required": ["name", "kind", "base_url", "keys"], "properties": {"name": string,
-                    "kind": {"type": "string", "enum": ["openai"]}, "base_url": string, "keys": strings, "models": strings,
+                    "kind": {"type": "string", "enum": crate::catalog::ChannelKind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>()}, "base_url": string, "keys": strings, "models": strings,
                     "model_map": {"type": "object", "additionalProperties": string}, "priority": integer, "weight": integer, "modes": strings, "enabled": boolean}}));
     schemas.insert("ChannelPatch".into(), json!({"type": "object", "properties": {"name": string, "kind": string, "base_url": string, "keys": strings, "models": strings,
                     "model_map": {"type": "object", "additionalProperties": string}, "priority": integer, "weight": integer, "modes": {"type": ["array", "null"], "items": string}, "enabled": boolean}}));
     schemas.insert("Price".into(), json!({"type": "object", "description": "USD amounts", "properties": {"input_per_mtok": number, "output_per_mtok": number,
                     "cached_input_per_mtok": number, "per_call": number, "per_image": number, "per_mchar": number, "per_audio_minute": number, "free": boolean, "max_output_tokens": integer}}));
+    schemas.insert("Task".into(), json!({"type": "object", "properties": {"id": string, "user_id": integer, "key_id": integer, "family": string,
+                    "action": string, "price_name": string, "channel_id": integer, "upstream_id": string,
+                    "state": {"type": "string", "enum": ["SUBMITTED", "QUEUED", "IN_PROGRESS", "SUCCESS", "FAILURE"]},
+                    "progress": string, "result": {}, "fail_reason": {"type": ["string", "null"]}, "charged_nano": integer,
+                    "refunded": boolean, "version": integer, "polls": integer, "next_poll_at": integer, "created_at": integer,
+                    "started_at": {"type": ["integer", "null"]}, "finished_at": {"type": ["integer", "null"]}, "updated_at": integer}}));
     schemas.insert("RequestLog".into(), json!({"type": "object", "properties": {"id": string, "created_at": integer, "user_id": integer, "key_id": integer, "method": string,
                     "path": string, "model": string, "upstream_model": string, "channel_id": integer, "status": integer, "stream": boolean,
                     "outcome": {"type": "string", "enum": ["complete", "client_gone", "upstream_cut", "failed", "rejected"]},
