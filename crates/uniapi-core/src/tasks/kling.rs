@@ -414,28 +414,12 @@ async fn query(state: &AppState, channel: &Channel, task: &TaskRow) -> Queried {
         .client
         .get(url)
         .header(header::AUTHORIZATION, authorization);
-    let response =
-        match tokio::time::timeout(std::time::Duration::from_secs(15), request.send()).await {
-            Ok(Ok(response)) => response,
-            _ => return Queried::Missed("the upstream did not answer".into()),
-        };
-    if response.status() == StatusCode::TOO_MANY_REQUESTS {
-        let seconds = response
-            .headers()
-            .get(header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
-        return Queried::RateLimited(seconds.unwrap_or(5));
-    }
-    if !response.status().is_success() {
-        return Queried::Missed(format!("the upstream answered {}", response.status()));
-    }
-    let answer: Value = response
-        .bytes()
-        .await
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or(Value::Null);
+    let answer = match super::poll_json(request, super::POLL_TIMEOUT).await {
+        Ok(answer) => answer,
+        Err(PollOutcome::RateLimited(seconds)) => return Queried::RateLimited(seconds),
+        Err(PollOutcome::Failed(reason)) => return Queried::Missed(reason),
+        Err(PollOutcome::Observed(_)) => return Queried::Missed("no answer".into()),
+    };
     let data = &answer["data"];
     let Some(status) = data["task_status"].as_str() else {
         return Queried::Missed("the upstream's query answer has no task_status".into());

@@ -594,28 +594,12 @@ async fn fetch_upstream(state: AppState, base_url: String, secret: String, id: S
         .client
         .get(format!("{base_url}/luma/generations/{id}"))
         .bearer_auth(&secret);
-    let response =
-        match tokio::time::timeout(std::time::Duration::from_secs(15), request.send()).await {
-            Ok(Ok(response)) => response,
-            _ => return Fetched::Failed("the upstream did not answer".into()),
-        };
-    if response.status() == StatusCode::TOO_MANY_REQUESTS {
-        let seconds = response
-            .headers()
-            .get(header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
-        return Fetched::RateLimited(seconds.unwrap_or(5));
-    }
-    if !response.status().is_success() {
-        return Fetched::Failed(format!("the upstream answered {}", response.status()));
-    }
-    let answer: Value = response
-        .bytes()
-        .await
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or(Value::Null);
+    let answer = match super::poll_json(request, super::POLL_TIMEOUT).await {
+        Ok(answer) => answer,
+        Err(PollOutcome::RateLimited(seconds)) => return Fetched::RateLimited(seconds),
+        Err(PollOutcome::Failed(reason)) => return Fetched::Failed(reason),
+        Err(PollOutcome::Observed(_)) => return Fetched::Failed("no answer".into()),
+    };
     if !answer["state"].is_string() {
         return Fetched::Failed("the upstream's generation has no state".into());
     }

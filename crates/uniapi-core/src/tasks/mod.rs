@@ -52,6 +52,41 @@ pub enum PollOutcome {
     Failed(String),
 }
 
+/// Sends one poll request and reads its JSON answer; anything else is the outcome for the tasks it
+/// covered: no answer in time, a 429 (wait `Retry-After`, 5 s without one), or an error status.
+pub async fn poll_json(
+    request: reqwest::RequestBuilder,
+    timeout: Duration,
+) -> Result<serde_json::Value, PollOutcome> {
+    let response = match tokio::time::timeout(timeout, request.send()).await {
+        Ok(Ok(response)) => response,
+        _ => return Err(PollOutcome::Failed("the upstream did not answer".into())),
+    };
+    if response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        let seconds = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        return Err(PollOutcome::RateLimited(seconds.unwrap_or(5)));
+    }
+    if !response.status().is_success() {
+        return Err(PollOutcome::Failed(format!(
+            "the upstream answered {}",
+            response.status()
+        )));
+    }
+    Ok(response
+        .bytes()
+        .await
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(serde_json::Value::Null))
+}
+
+/// How long one poll request may take.
+pub const POLL_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// When to poll a task next: soon while it is young, less often as it ages.
 pub fn next_poll_delay(age_ms: i64) -> i64 {
     (age_ms / 10).clamp(1_000, 30_000)

@@ -284,28 +284,10 @@ pub async fn poll(state: &AppState, channel: &Channel, tasks: &[TaskRow]) -> Pol
         .bearer_auth(&key.secret)
         .header(header::CONTENT_TYPE, "application/json")
         .body(json!({"ids": ids}).to_string());
-    let response =
-        match tokio::time::timeout(std::time::Duration::from_secs(15), request.send()).await {
-            Ok(Ok(response)) => response,
-            _ => return PollOutcome::Failed("the upstream did not answer".into()),
-        };
-    if response.status() == StatusCode::TOO_MANY_REQUESTS {
-        let seconds = response
-            .headers()
-            .get(header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
-        return PollOutcome::RateLimited(seconds.unwrap_or(5));
-    }
-    if !response.status().is_success() {
-        return PollOutcome::Failed(format!("the upstream answered {}", response.status()));
-    }
-    let answer: Value = response
-        .bytes()
-        .await
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or(Value::Null);
+    let answer = match super::poll_json(request, super::POLL_TIMEOUT).await {
+        Ok(answer) => answer,
+        Err(outcome) => return outcome,
+    };
     let Some(items) = answer["data"].as_array() else {
         return PollOutcome::Failed("the upstream's fetch answer has no data".into());
     };
