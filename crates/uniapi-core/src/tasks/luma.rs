@@ -580,15 +580,13 @@ fn observed(upstream_id: &str, generation: &Value) -> Observed {
     }
 }
 
-/// What one upstream fetch said.
-enum Fetched {
-    Seen(Box<Observed>),
-    RateLimited(u64),
-    Failed(String),
-}
-
 /// Owns what it uses: the poller runs these futures concurrently inside a spawned task.
-async fn fetch_upstream(state: AppState, base_url: String, secret: String, id: String) -> Fetched {
+async fn fetch_upstream(
+    state: AppState,
+    base_url: String,
+    secret: String,
+    id: String,
+) -> Result<Observed, PollOutcome> {
     let request = state
         .upstream
         .client
@@ -596,14 +594,14 @@ async fn fetch_upstream(state: AppState, base_url: String, secret: String, id: S
         .bearer_auth(&secret);
     let answer = match super::poll_json(request, super::POLL_TIMEOUT).await {
         Ok(answer) => answer,
-        Err(PollOutcome::RateLimited(seconds)) => return Fetched::RateLimited(seconds),
-        Err(PollOutcome::Failed(reason)) => return Fetched::Failed(reason),
-        Err(PollOutcome::Observed(_)) => return Fetched::Failed("no answer".into()),
+        Err(outcome) => return Err(outcome),
     };
     if !answer["state"].is_string() {
-        return Fetched::Failed("the upstream's generation has no state".into());
+        return Err(PollOutcome::Failed(
+            "the upstream's generation has no state".into(),
+        ));
     }
-    Fetched::Seen(Box::new(observed(&id, &answer)))
+    Ok(observed(&id, &answer))
 }
 
 /// One fetch per due task of a channel (no batch query), at most `POLL_CONCURRENCY` at once.
@@ -622,25 +620,11 @@ pub async fn poll(state: &AppState, channel: &Channel, tasks: &[TaskRow]) -> Pol
             )
         })
         .collect();
-    let results: Vec<Fetched> = futures_util::stream::iter(requests)
+    let results: Vec<Result<Observed, PollOutcome>> = futures_util::stream::iter(requests)
         .buffer_unordered(POLL_CONCURRENCY)
         .collect()
         .await;
-    let mut seen = Vec::new();
-    let mut limited = None;
-    let mut failure = None;
-    for result in results {
-        match result {
-            Fetched::Seen(o) => seen.push(*o),
-            Fetched::RateLimited(s) => limited = Some(limited.map_or(s, |l: u64| l.max(s))),
-            Fetched::Failed(reason) => failure = Some(reason),
-        }
-    }
-    match (seen.is_empty(), limited, failure) {
-        (true, Some(seconds), _) => PollOutcome::RateLimited(seconds),
-        (true, None, Some(reason)) => PollOutcome::Failed(reason),
-        _ => PollOutcome::Observed(seen),
-    }
+    super::fold_polls(results)
 }
 
 #[cfg(test)]

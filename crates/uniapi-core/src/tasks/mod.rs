@@ -84,6 +84,27 @@ pub async fn poll_json(
         .unwrap_or(serde_json::Value::Null))
 }
 
+/// Folds the answers of per-task polls (providers without a batch query) into one outcome: what was
+/// seen; when nothing was, the longest 429 wait, else the last failure.
+pub fn fold_polls(results: Vec<Result<Observed, PollOutcome>>) -> PollOutcome {
+    let mut seen = Vec::new();
+    let mut limited: Option<u64> = None;
+    let mut failure = None;
+    for result in results {
+        match result {
+            Ok(observed) => seen.push(observed),
+            Err(PollOutcome::RateLimited(s)) => limited = Some(limited.map_or(s, |l| l.max(s))),
+            Err(PollOutcome::Failed(reason)) => failure = Some(reason),
+            Err(PollOutcome::Observed(more)) => seen.extend(more),
+        }
+    }
+    match (seen.is_empty(), limited, failure) {
+        (true, Some(seconds), _) => PollOutcome::RateLimited(seconds),
+        (true, None, Some(reason)) => PollOutcome::Failed(reason),
+        _ => PollOutcome::Observed(seen),
+    }
+}
+
 /// How long one poll request may take.
 pub const POLL_TIMEOUT: Duration = Duration::from_secs(15);
 
