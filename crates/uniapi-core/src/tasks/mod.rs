@@ -84,9 +84,23 @@ pub async fn poll_json(
         .unwrap_or(serde_json::Value::Null))
 }
 
-/// Folds the answers of per-task polls (providers without a batch query) into one outcome: what was
-/// seen; when nothing was, the longest 429 wait, else the last failure.
-pub fn fold_polls(results: Vec<Result<Observed, PollOutcome>>) -> PollOutcome {
+/// Polls each due task on its own (providers without a batch query), at most `concurrency` at once.
+pub async fn poll_each<F, Fut>(tasks: &[TaskRow], concurrency: usize, fetch: F) -> PollOutcome
+where
+    F: FnMut(&TaskRow) -> Fut,
+    Fut: std::future::Future<Output = Result<Observed, PollOutcome>>,
+{
+    use futures_util::StreamExt;
+    let results = futures_util::stream::iter(tasks.iter().map(fetch))
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    fold_polls(results)
+}
+
+/// Folds the answers of per-task polls into one outcome: what was seen; when nothing was, the
+/// longest 429 wait, else the last failure.
+fn fold_polls(results: Vec<Result<Observed, PollOutcome>>) -> PollOutcome {
     let mut seen = Vec::new();
     let mut limited: Option<u64> = None;
     let mut failure = None;

@@ -8,7 +8,6 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use super::submit::{Answer, Refusal, Submission, Upstream, idempotency_key, owned_task};
@@ -312,22 +311,15 @@ pub async fn poll(state: &AppState, channel: &Channel, tasks: &[TaskRow]) -> Pol
     let Some(key) = channel.pick_key() else {
         return PollOutcome::Failed("no enabled upstream key".into());
     };
-    let requests: Vec<_> = tasks
-        .iter()
-        .map(|task| {
-            fetch_upstream(
-                state.clone(),
-                channel.base_url.clone(),
-                key.secret.clone(),
-                task.upstream_id.clone(),
-            )
-        })
-        .collect();
-    let results: Vec<Result<Observed, PollOutcome>> = futures_util::stream::iter(requests)
-        .buffer_unordered(POLL_CONCURRENCY)
-        .collect()
-        .await;
-    super::fold_polls(results)
+    super::poll_each(tasks, POLL_CONCURRENCY, |task| {
+        fetch_upstream(
+            state.clone(),
+            channel.base_url.clone(),
+            key.secret.clone(),
+            task.upstream_id.clone(),
+        )
+    })
+    .await
 }
 
 #[cfg(test)]
