@@ -75,9 +75,11 @@ pub fn authenticate(catalog: &Catalog, token: Option<&str>) -> Result<Arc<ApiKey
             "You didn't provide an API key. Send it as `Authorization: Bearer <key>`.",
         )
     })?;
-    let key = catalog.key_by_hash(&digest(token)).ok_or_else(|| {
-        ApiError::unauthorized(format!("Incorrect API key provided: {}.", key_hint(token)))
-    })?;
+    let key = catalog
+        .key_by_hash(&Sha256::digest(token.as_bytes()).into())
+        .ok_or_else(|| {
+            ApiError::unauthorized(format!("Incorrect API key provided: {}.", key_hint(token)))
+        })?;
     if !key.enabled {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,

@@ -14,7 +14,6 @@ use std::marker::PhantomData;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde_json::Value;
 use serde_json::value::RawValue;
 use tiktoken_rs::CoreBPE;
 
@@ -51,15 +50,15 @@ pub enum Protocol {
 /// count (e.g. a transcription's `{"type":"duration","seconds":..}`), or when the body is not a JSON object.
 pub fn usage_from_json(body: &[u8]) -> Option<Usage> {
     #[derive(Deserialize)]
-    struct Answer<'a> {
-        #[serde(default, borrow)]
-        usage: Option<&'a RawValue>,
+    struct Answer {
+        #[serde(default)]
+        usage: Option<WireUsage>,
     }
     if !is_json_object(body) {
         return None;
     }
-    let answer: Answer<'_> = serde_json::from_slice(body).ok()?;
-    usage_from_raw(answer.usage?)
+    let answer: Answer = serde_json::from_slice(body).ok()?;
+    answer.usage?.0
 }
 
 /// True when the first non-blank byte opens an object (serde's derived structs would also accept an array).
@@ -68,51 +67,227 @@ fn is_json_object(json: &[u8]) -> bool {
 }
 
 fn usage_from_raw(raw: &RawValue) -> Option<Usage> {
-    let value: Value = serde_json::from_str(raw.get()).ok()?;
-    usage_from_value(&value)
+    serde_json::from_str::<WireUsage>(raw.get()).ok()?.0
 }
 
-/// Chat/completions/embeddings (`prompt_tokens`, `completion_tokens`, `*_tokens_details`) and Responses/images
-/// (`input_tokens`, `output_tokens`, `*_tokens_details`) names; counts may be integers, floats or numeric strings.
-fn usage_from_value(value: &Value) -> Option<Usage> {
-    let obj = value.as_object()?;
-    let num = |key: &str| obj.get(key).and_then(lenient_u64);
-    let detail = |outer: &str, key: &str| {
-        obj.get(outer)
-            .and_then(|d| d.get(key))
-            .and_then(lenient_u64)
-    };
-    let input = num("prompt_tokens").or_else(|| num("input_tokens"));
-    let output = num("completion_tokens").or_else(|| num("output_tokens"));
-    let total = num("total_tokens");
-    if input.is_none() && output.is_none() && total.is_none() {
-        return None;
+/// A `usage` object read straight into [`Usage`] (no `serde_json::Value` in between), leniently: chat/completions/
+/// embeddings (`prompt_tokens`, `completion_tokens`, `*_tokens_details`) and Responses/images (`input_tokens`,
+/// `output_tokens`, `*_tokens_details`) names; counts may be integers, floats or numeric strings; anything else (a
+/// non-object, odd values, unknown or repeated keys) never fails the answer. None when no token count is present.
+struct WireUsage(Option<Usage>);
+
+impl<'de> Deserialize<'de> for WireUsage {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<WireUsage, D::Error> {
+        deserializer.deserialize_any(UsageVisitor)
     }
-    let output_tokens = output.unwrap_or(0);
-    let input_tokens = input.unwrap_or_else(|| total.unwrap_or(0).saturating_sub(output_tokens));
-    let cached = detail("prompt_tokens_details", "cached_tokens")
-        .or_else(|| detail("input_tokens_details", "cached_tokens"))
-        .unwrap_or(0);
-    let reasoning = detail("completion_tokens_details", "reasoning_tokens")
-        .or_else(|| detail("output_tokens_details", "reasoning_tokens"))
-        .unwrap_or(0);
-    Some(Usage {
-        input_tokens,
-        cached_input_tokens: cached.min(input_tokens),
-        output_tokens,
-        reasoning_tokens: reasoning.min(output_tokens),
-    })
 }
 
-fn lenient_u64(value: &Value) -> Option<u64> {
-    match value {
-        Value::Number(n) => n.as_u64().or_else(|| {
-            n.as_f64()
-                .filter(|f| f.is_finite() && *f >= 0.0)
-                .map(|f| f as u64)
-        }),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum UsageField {
+    PromptTokens,
+    InputTokens,
+    CompletionTokens,
+    OutputTokens,
+    TotalTokens,
+    PromptTokensDetails,
+    InputTokensDetails,
+    CompletionTokensDetails,
+    OutputTokensDetails,
+    CachedTokens,
+    ReasoningTokens,
+    #[serde(other)]
+    Other,
+}
+
+/// Drains whatever is left of a sequence or map that is not read.
+fn drain_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
+    while seq.next_element::<IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+fn drain_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
+    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+/// Implements the visits of a lenient value that reads as `$none` from anything but what it handles.
+macro_rules! lenient_rest {
+    ($value:ty, $none:expr) => {
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<$value, E> {
+            Ok($none)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<$value, E> {
+            Ok($none)
+        }
+        fn visit_none<E: de::Error>(self) -> Result<$value, E> {
+            Ok($none)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<$value, D::Error> {
+            deserializer.deserialize_any(self)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<$value, A::Error> {
+            drain_seq(seq)?;
+            Ok($none)
+        }
+    };
+}
+
+struct UsageVisitor;
+
+impl<'de> Visitor<'de> for UsageVisitor {
+    type Value = WireUsage;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a usage object")
+    }
+
+    lenient_rest!(WireUsage, WireUsage(None));
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<WireUsage, E> {
+        Ok(WireUsage(None))
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<WireUsage, E> {
+        Ok(WireUsage(None))
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<WireUsage, E> {
+        Ok(WireUsage(None))
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<WireUsage, E> {
+        Ok(WireUsage(None))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<WireUsage, A::Error> {
+        let (mut prompt, mut input, mut completion, mut output, mut total) =
+            (None, None, None, None, None);
+        let (mut prompt_details, mut input_details) = (Details::default(), Details::default());
+        let (mut completion_details, mut output_details) = (Details::default(), Details::default());
+        while let Some(field) = map.next_key::<UsageField>()? {
+            match field {
+                UsageField::PromptTokens => prompt = map.next_value::<Count>()?.0,
+                UsageField::InputTokens => input = map.next_value::<Count>()?.0,
+                UsageField::CompletionTokens => completion = map.next_value::<Count>()?.0,
+                UsageField::OutputTokens => output = map.next_value::<Count>()?.0,
+                UsageField::TotalTokens => total = map.next_value::<Count>()?.0,
+                UsageField::PromptTokensDetails => prompt_details = map.next_value()?,
+                UsageField::InputTokensDetails => input_details = map.next_value()?,
+                UsageField::CompletionTokensDetails => completion_details = map.next_value()?,
+                UsageField::OutputTokensDetails => output_details = map.next_value()?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        let input = prompt.or(input);
+        let output = completion.or(output);
+        if input.is_none() && output.is_none() && total.is_none() {
+            return Ok(WireUsage(None));
+        }
+        let output_tokens = output.unwrap_or(0);
+        let input_tokens =
+            input.unwrap_or_else(|| total.unwrap_or(0).saturating_sub(output_tokens));
+        let cached = prompt_details.cached.or(input_details.cached).unwrap_or(0);
+        let reasoning = completion_details
+            .reasoning
+            .or(output_details.reasoning)
+            .unwrap_or(0);
+        Ok(WireUsage(Some(Usage {
+            input_tokens,
+            cached_input_tokens: cached.min(input_tokens),
+            output_tokens,
+            reasoning_tokens: reasoning.min(output_tokens),
+        })))
+    }
+}
+
+/// `cached_tokens` and `reasoning_tokens` of a `*_tokens_details` object (absent when it is not an object).
+#[derive(Default)]
+struct Details {
+    cached: Option<u64>,
+    reasoning: Option<u64>,
+}
+
+impl<'de> Deserialize<'de> for Details {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Details, D::Error> {
+        deserializer.deserialize_any(DetailsVisitor)
+    }
+}
+
+struct DetailsVisitor;
+
+impl<'de> Visitor<'de> for DetailsVisitor {
+    type Value = Details;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a token details object")
+    }
+
+    lenient_rest!(Details, Details::default());
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Details, E> {
+        Ok(Details::default())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Details, E> {
+        Ok(Details::default())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Details, E> {
+        Ok(Details::default())
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Details, E> {
+        Ok(Details::default())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Details, A::Error> {
+        let mut details = Details::default();
+        while let Some(field) = map.next_key::<UsageField>()? {
+            match field {
+                UsageField::CachedTokens => details.cached = map.next_value::<Count>()?.0,
+                UsageField::ReasoningTokens => details.reasoning = map.next_value::<Count>()?.0,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(details)
+    }
+}
+
+/// A token count: a non-negative integer, a finite non-negative float (truncated) or a numeric string; anything
+/// else reads as absent.
+struct Count(Option<u64>);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Count, D::Error> {
+        deserializer.deserialize_any(CountVisitor)
+    }
+}
+
+struct CountVisitor;
+
+impl<'de> Visitor<'de> for CountVisitor {
+    type Value = Count;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a token count")
+    }
+
+    lenient_rest!(Count, Count(None));
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Count, E> {
+        Ok(Count(Some(v)))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Count, E> {
+        Ok(Count(u64::try_from(v).ok()))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Count, E> {
+        Ok(Count((v.is_finite() && v >= 0.0).then_some(v as u64)))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Count, E> {
+        Ok(Count(v.trim().parse().ok()))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Count, A::Error> {
+        drain_map(map)?;
+        Ok(Count(None))
     }
 }
 
@@ -134,11 +309,18 @@ pub struct StreamMeter {
     /// upstream never reports usage, or when they pile up past [`UNCOUNTED_LIMIT`].
     uncounted: String,
     uncounted_lengths: Vec<u32>,
+    /// Chat/completions content chunks kept as they came (their JSON back to back, and each one's length):
+    /// parsed for their deltas only if the upstream never reports usage, or when they pile up past
+    /// [`RAW_LIMIT`]. Most chunks of a metered stream are never parsed at all.
+    raw: Vec<u8>,
+    raw_lengths: Vec<u32>,
     saw_end: bool,
 }
 
 /// Delivered text kept uncounted per stream before it is counted on the spot.
 const UNCOUNTED_LIMIT: usize = 256 * 1024;
+/// Content chunks kept unparsed per stream before their deltas are taken out.
+const RAW_LIMIT: usize = 64 * 1024;
 
 impl fmt::Debug for StreamMeter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -170,6 +352,8 @@ impl StreamMeter {
             delivered: 0,
             uncounted: String::new(),
             uncounted_lengths: Vec::new(),
+            raw: Vec::new(),
+            raw_lengths: Vec::new(),
             saw_end: false,
         }
     }
@@ -261,7 +445,7 @@ impl StreamMeter {
     }
 
     fn count_uncounted(&self) -> u64 {
-        if self.uncounted_lengths.is_empty() {
+        if self.uncounted_lengths.is_empty() && self.raw_lengths.is_empty() {
             return 0;
         }
         let bpe = (self.tokenizer)();
@@ -272,7 +456,36 @@ impl StreamMeter {
             total = total.saturating_add(count_with(bpe, piece));
             rest = tail;
         }
+        for data in raw_pieces(&self.raw, &self.raw_lengths) {
+            content_texts(data, &mut |text| {
+                total = total.saturating_add(count_with(bpe, text));
+            });
+        }
         total
+    }
+
+    /// Keeps a content chunk (no usage object in it) unparsed; past [`RAW_LIMIT`] the kept chunks' deltas are
+    /// taken out as text (still uncounted).
+    fn keep_raw(&mut self, data: &[u8]) {
+        let Ok(len) = u32::try_from(data.len()) else {
+            content_texts(data, &mut |text| {
+                push_text(&mut self.uncounted, &mut self.uncounted_lengths, text)
+            });
+            return;
+        };
+        self.raw.extend_from_slice(data);
+        self.raw_lengths.push(len);
+        if self.raw.len() > RAW_LIMIT {
+            let mut raw = std::mem::take(&mut self.raw);
+            let mut lengths = std::mem::take(&mut self.raw_lengths);
+            for data in raw_pieces(&raw, &lengths) {
+                content_texts(data, &mut |text| self.count(text));
+            }
+            raw.clear();
+            lengths.clear();
+            self.raw = raw;
+            self.raw_lengths = lengths;
+        }
     }
 
     /// True once the stream's natural end was seen: chat/completions `data: [DONE]`; Responses a terminal event
@@ -333,13 +546,12 @@ impl StreamMeter {
         }
     }
 
+    /// Only a chunk that names a usage object is parsed on the spot (it may be the usage chunk to strip); any
+    /// other is kept raw, its deltas counted only if they are ever needed.
     fn meter_chunk(&mut self, data: &[u8]) -> bool {
-        #[derive(Deserialize)]
-        struct Chunk<'a> {
-            #[serde(default, borrow)]
-            choices: Option<&'a RawValue>,
-            #[serde(default, borrow)]
-            usage: Option<&'a RawValue>,
+        if !names_usage_object(data) {
+            self.keep_raw(data);
+            return false;
         }
         let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(data) else {
             return false;
@@ -353,32 +565,13 @@ impl StreamMeter {
                 Ok(choices) => {
                     no_choices = choices.is_empty();
                     for choice in &choices {
-                        self.count_choice(choice);
+                        choice_texts(choice, &mut |text| self.count(text));
                     }
                 }
                 Err(_) => no_choices = false,
             }
         }
         self.strip_usage && chunk.usage.is_some() && no_choices
-    }
-
-    fn count_choice(&mut self, choice: &Choice<'_>) {
-        self.count(&choice.text);
-        let Some(delta) = &choice.delta else {
-            return;
-        };
-        self.count(&delta.content);
-        self.count(&delta.refusal);
-        self.count(&delta.reasoning_content);
-        let calls = delta
-            .tool_calls
-            .iter()
-            .flatten()
-            .filter_map(|c| c.function.as_ref());
-        for function in calls.chain(delta.function_call.as_ref()) {
-            self.count(&function.name);
-            self.count(&function.arguments);
-        }
     }
 
     fn meter_responses_event(&mut self, data: &[u8], event_name: Option<&[u8]>) {
@@ -412,7 +605,11 @@ impl StreamMeter {
             | "response.reasoning_text.delta"
             | "response.custom_tool_call_input.delta"
             | "response.code_interpreter_call_code.delta"
-            | "response.mcp_call_arguments.delta" => self.count(&event.delta),
+            | "response.mcp_call_arguments.delta" => {
+                if let Some(delta) = &event.delta.0 {
+                    self.count(delta);
+                }
+            }
             "response.completed" | "response.incomplete" | "response.failed" => {
                 self.saw_end = true;
                 let usage = event
@@ -430,26 +627,103 @@ impl StreamMeter {
         }
     }
 
-    fn count(&mut self, text: &Text<'_>) {
-        let Some(text) = &text.0 else {
-            return;
-        };
+    fn count(&mut self, text: &str) {
         if text.is_empty() {
             return;
         }
-        let Ok(len) = u32::try_from(text.len()) else {
+        if u32::try_from(text.len()).is_err() {
             self.delivered = self
                 .delivered
                 .saturating_add(count_with((self.tokenizer)(), text));
             return;
-        };
-        self.uncounted.push_str(text);
-        self.uncounted_lengths.push(len);
+        }
+        push_text(&mut self.uncounted, &mut self.uncounted_lengths, text);
         if self.uncounted.len() > UNCOUNTED_LIMIT {
             self.delivered = self.delivered.saturating_add(self.count_uncounted());
             self.uncounted.clear();
             self.uncounted_lengths.clear();
         }
+    }
+}
+
+/// Appends one delta's text (at most `u32::MAX` bytes) to the uncounted ones.
+fn push_text(uncounted: &mut String, lengths: &mut Vec<u32>, text: &str) {
+    if let Ok(len) = u32::try_from(text.len())
+        && len > 0
+    {
+        uncounted.push_str(text);
+        lengths.push(len);
+    }
+}
+
+/// The chunks kept back to back in `raw`, split by their lengths.
+fn raw_pieces<'r>(raw: &'r [u8], lengths: &'r [u32]) -> impl Iterator<Item = &'r [u8]> + 'r {
+    let mut rest = raw;
+    lengths.iter().map(move |&len| {
+        let (piece, tail) = rest.split_at(len as usize);
+        rest = tail;
+        piece
+    })
+}
+
+/// True when the JSON text has a key `"usage"` whose value is an object (not `null`, as OpenAI sends on every
+/// content chunk once usage is asked for). A `"usage"` inside a string value is escaped (`\"usage\"`), so it
+/// cannot match; a nested `usage` object only costs a full parse.
+fn names_usage_object(data: &[u8]) -> bool {
+    memchr::memmem::find_iter(data, b"\"usage\"").any(|at| {
+        data[at + 7..]
+            .trim_ascii_start()
+            .strip_prefix(b":")
+            .is_some_and(|value| value.trim_ascii_start().first() == Some(&b'{'))
+    })
+}
+
+#[derive(Deserialize)]
+struct Chunk<'a> {
+    #[serde(default, borrow)]
+    choices: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    usage: Option<&'a RawValue>,
+}
+
+/// Calls `each` with the text of every delta of a chat/completions chunk (nothing when it does not parse).
+fn content_texts(data: &[u8], each: &mut dyn FnMut(&str)) {
+    let Ok(Chunk {
+        choices: Some(raw), ..
+    }) = serde_json::from_slice::<Chunk<'_>>(data)
+    else {
+        return;
+    };
+    if let Ok(choices) = serde_json::from_str::<Vec<Choice<'_>>>(raw.get()) {
+        for choice in &choices {
+            choice_texts(choice, each);
+        }
+    }
+}
+
+/// The texts of one choice: completions `text`; chat `content`, `refusal`, `reasoning_content`, and the name and
+/// arguments of tool calls and of the legacy `function_call`.
+fn choice_texts(choice: &Choice<'_>, each: &mut dyn FnMut(&str)) {
+    let mut text = |t: &Text<'_>| {
+        if let Some(t) = &t.0 {
+            each(t);
+        }
+    };
+    text(&choice.text);
+    let Some(delta) = &choice.delta else {
+        return;
+    };
+    text(&delta.content);
+    text(&delta.refusal);
+    text(&delta.reasoning_content);
+    let calls = delta
+        .tool_calls
+        .iter()
+        .flatten()
+        .filter_map(|c| c.function.as_ref());
+    for function in calls.chain(delta.function_call.as_ref()) {
+        text(&function.name);
+        text(&function.arguments);
     }
 }
 
@@ -705,7 +979,7 @@ mod tests {
     use super::*;
     use crate::billing::tokens::count_tokens;
     use proptest::prelude::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     const MODEL: &str = "gpt-4o-mini";
 
@@ -1218,6 +1492,160 @@ mod tests {
         let mut meter = StreamMeter::new(Protocol::ChatCompletions, MODEL, true);
         assert_eq!(&meter.feed(huge.as_bytes())[..], huge.as_bytes());
         assert_eq!(meter.delivered_output_tokens(), count_tokens(MODEL, &big));
+    }
+
+    #[test]
+    fn content_chunks_are_kept_raw_and_counted_only_when_needed() {
+        // a usage key inside the content is escaped and is not a usage object; `"usage": null` is not either
+        let tricky = r#"the "usage": {"total_tokens": 5} field"#;
+        let mut deltas: Vec<String> = vec![tricky.to_string()];
+        // enough chunks to pass RAW_LIMIT several times
+        deltas.extend((0..2_000).map(|i| format!(" word{i}")));
+        let mut input = String::new();
+        for d in &deltas {
+            input += &chat_chunk(json!({ "content": d }), None);
+        }
+        let mut meter = StreamMeter::new(Protocol::ChatCompletions, MODEL, true);
+        let out = run(&mut meter, input.as_bytes(), &[]);
+        assert_eq!(out, input.as_bytes());
+        assert_eq!(meter.reported(), None);
+        assert!(meter.raw.len() <= RAW_LIMIT + 256);
+        assert!(
+            !meter.uncounted.is_empty(),
+            "past RAW_LIMIT the deltas were taken out"
+        );
+        let expected: u64 = deltas.iter().map(|d| count_tokens(MODEL, d)).sum();
+        assert_eq!(meter.delivered_output_tokens(), expected);
+
+        // with a usage chunk at the end, the content chunks are never parsed
+        let mut meter = StreamMeter::new(Protocol::ChatCompletions, MODEL, true);
+        let (stream, deltas) = chat_stream(true);
+        let out = run(&mut meter, stream.as_bytes(), &[]);
+        assert!(
+            !out.windows(9).any(|w| w == b"\"usage\":{"),
+            "the usage chunk is stripped"
+        );
+        assert!(meter.uncounted.is_empty());
+        assert_eq!(meter.raw_lengths.len(), deltas.len() + 2);
+        assert_eq!(meter.reported().map(|u| u.output_tokens), Some(12));
+    }
+
+    #[test]
+    fn names_usage_object_finds_only_an_object_value() {
+        assert!(names_usage_object(
+            br#"{"choices":[],"usage":{"prompt_tokens":1}}"#
+        ));
+        assert!(names_usage_object(br#"{"usage" :  {"prompt_tokens":1}}"#));
+        assert!(names_usage_object(br#"{"usage":null,"x":{"usage":{}}}"#));
+        assert!(!names_usage_object(
+            br#"{"choices":[{"delta":{"content":"\"usage\":{"}}],"usage":null}"#
+        ));
+        assert!(!names_usage_object(br#"{"usage":null}"#));
+        assert!(!names_usage_object(br#"{"usage""#));
+    }
+
+    /// The reading of a usage object through `serde_json::Value` that the typed reader replaced: the oracle.
+    fn usage_from_value(value: &Value) -> Option<Usage> {
+        fn lenient_u64(value: &Value) -> Option<u64> {
+            match value {
+                Value::Number(n) => n.as_u64().or_else(|| {
+                    n.as_f64()
+                        .filter(|f| f.is_finite() && *f >= 0.0)
+                        .map(|f| f as u64)
+                }),
+                Value::String(s) => s.trim().parse().ok(),
+                _ => None,
+            }
+        }
+        let obj = value.as_object()?;
+        let num = |key: &str| obj.get(key).and_then(lenient_u64);
+        let detail = |outer: &str, key: &str| {
+            obj.get(outer)
+                .and_then(|d| d.get(key))
+                .and_then(lenient_u64)
+        };
+        let input = num("prompt_tokens").or_else(|| num("input_tokens"));
+        let output = num("completion_tokens").or_else(|| num("output_tokens"));
+        let total = num("total_tokens");
+        if input.is_none() && output.is_none() && total.is_none() {
+            return None;
+        }
+        let output_tokens = output.unwrap_or(0);
+        let input_tokens =
+            input.unwrap_or_else(|| total.unwrap_or(0).saturating_sub(output_tokens));
+        let cached = detail("prompt_tokens_details", "cached_tokens")
+            .or_else(|| detail("input_tokens_details", "cached_tokens"))
+            .unwrap_or(0);
+        let reasoning = detail("completion_tokens_details", "reasoning_tokens")
+            .or_else(|| detail("output_tokens_details", "reasoning_tokens"))
+            .unwrap_or(0);
+        Some(Usage {
+            input_tokens,
+            cached_input_tokens: cached.min(input_tokens),
+            output_tokens,
+            reasoning_tokens: reasoning.min(output_tokens),
+        })
+    }
+
+    fn gen_count() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            (0u64..100_000).prop_map(|n| json!(n)),
+            (-50i64..0).prop_map(|n| json!(n)),
+            (0.0f64..5000.0).prop_map(|f| json!(f)),
+            (-5.0f64..0.0).prop_map(|f| json!(f)),
+            (0u64..1000).prop_map(|n| json!(format!(" {n} "))),
+            Just(json!("many")),
+            Just(json!(null)),
+            Just(json!(true)),
+            Just(json!([1, 2])),
+            Just(json!({"n": 1})),
+        ]
+    }
+
+    fn gen_details() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            (gen_count(), gen_count(), any::<bool>()).prop_map(|(c, r, extra)| {
+                let mut d = json!({"cached_tokens": c, "reasoning_tokens": r});
+                if extra {
+                    d["audio_tokens"] = json!(0);
+                    d["prompt_tokens"] = json!(99);
+                }
+                d
+            }),
+            Just(json!(null)),
+            Just(json!([{"cached_tokens": 3}])),
+            Just(json!("cached_tokens")),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn typed_usage_reading_matches_the_value_reading(
+            fields in proptest::collection::vec(
+                (prop::sample::select(vec![
+                    "prompt_tokens", "input_tokens", "completion_tokens", "output_tokens", "total_tokens",
+                    "cached_tokens", "other"]), gen_count()),
+                0..6),
+            details in proptest::collection::vec(
+                (prop::sample::select(vec![
+                    "prompt_tokens_details", "input_tokens_details", "completion_tokens_details",
+                    "output_tokens_details"]), gen_details()),
+                0..4),
+        ) {
+            let mut usage = serde_json::Map::new();
+            for (key, value) in fields {
+                usage.insert(key.to_string(), value);
+            }
+            for (key, value) in details {
+                usage.insert(key.to_string(), value);
+            }
+            let usage = Value::Object(usage);
+            let expected = usage_from_value(&usage);
+            let body = json!({"id": "x", "choices": [], "usage": usage}).to_string();
+            prop_assert_eq!(usage_from_json(body.as_bytes()), expected);
+            let raw: Box<RawValue> = serde_json::from_str(&usage.to_string()).unwrap();
+            prop_assert_eq!(usage_from_raw(&raw), expected);
+        }
     }
 
     /// One generated chat/completions event.

@@ -231,7 +231,13 @@ async fn attempt(
     key: &UpstreamKey,
     upstream_model: &str,
 ) -> Result<Answer, Failure> {
-    let url = format!("{}{}", channel.base_url, out.path_and_query);
+    let Some(url) = channel.url(&out.path_and_query) else {
+        return Err(Failure {
+            status: None,
+            reason: "the channel's base URL is not a valid URL".into(),
+            retry_after: None,
+        });
+    };
     let mut request = state
         .upstream
         .client

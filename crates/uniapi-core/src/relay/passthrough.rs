@@ -18,7 +18,7 @@ use crate::billing::bill::Bill;
 use crate::billing::meter::StreamMeter;
 use crate::billing::{Charge, usd_string};
 use crate::reqlog::LogSink;
-use crate::store::logs::RequestLog;
+use crate::store::logs::{JsonText, RequestLog};
 
 use super::{Answer, Outbound};
 
@@ -62,7 +62,7 @@ pub fn log_charge(log: &mut RequestLog, charge: &Charge) {
     log.output_tokens = charge.units.output_tokens;
     log.reasoning_tokens = charge.units.reasoning_tokens;
     log.cost_nano = charge.cost_nano;
-    log.cost_detail = serde_json::to_value(charge).ok();
+    log.cost_detail = JsonText::of(charge);
 }
 
 /// Captures the bill and records the request log once, when the response body ends or is dropped.

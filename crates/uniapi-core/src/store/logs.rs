@@ -49,7 +49,37 @@ pub struct RequestLog {
     pub cost_nano: i64,
     /// The price breakdown: units, how they were known, the price applied.
     #[serde(default)]
-    pub cost_detail: Option<serde_json::Value>,
+    pub cost_detail: Option<JsonText>,
+}
+
+/// A JSON value kept as its text: serialized once when the log is made, then stored and served as is
+/// (a `serde_json::Value` cost a map build at capture and a slow re-serialization at the write).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JsonText(Box<serde_json::value::RawValue>);
+
+impl JsonText {
+    /// None only when `value` cannot be serialized (a map with non-string keys).
+    pub fn of<T: Serialize + ?Sized>(value: &T) -> Option<JsonText> {
+        serde_json::value::to_raw_value(value).ok().map(JsonText)
+    }
+
+    /// None when `text` is not JSON.
+    pub fn parse(text: String) -> Option<JsonText> {
+        serde_json::value::RawValue::from_string(text)
+            .ok()
+            .map(JsonText)
+    }
+
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl PartialEq for JsonText {
+    fn eq(&self, other: &JsonText) -> bool {
+        self.get() == other.get()
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -114,7 +144,7 @@ macro_rules! log_from_row {
             output_tokens: unsigned(row.try_get("output_tokens")?),
             reasoning_tokens: unsigned(row.try_get("reasoning_tokens")?),
             cost_nano: row.try_get("cost_nano")?,
-            cost_detail: detail.and_then(|d| serde_json::from_str(&d).ok()),
+            cost_detail: detail.and_then(JsonText::parse),
         }
     }};
 }
@@ -144,7 +174,7 @@ impl Store {
                         .bind(log.ttfb_ms.and_then(|v| i64::try_from(v).ok())).bind(&log.error)
                         .bind(signed(log.input_tokens)).bind(signed(log.cached_tokens)).bind(signed(log.output_tokens))
                         .bind(signed(log.reasoning_tokens)).bind(log.cost_nano)
-                        .bind(log.cost_detail.as_ref().map(|d| d.to_string()));
+                        .bind(log.cost_detail.as_ref().map(JsonText::get));
                 }
                 query.execute(&mut *tx).await?;
             }

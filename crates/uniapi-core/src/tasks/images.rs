@@ -21,6 +21,7 @@ use crate::catalog::{ApiKey, Channel, ChannelKind};
 use crate::relay::body::read_limited;
 use crate::relay::{CallContext, order_candidates};
 use crate::state::AppState;
+use crate::store::logs::JsonText;
 use crate::store::now_ms;
 
 const PATH: &str = "/v1/images/generations";
@@ -280,7 +281,8 @@ async fn generate(
                 let mut log = ctx.log(Some(model), StatusCode::OK, "complete", None);
                 log.channel_id = Some(channel.id);
                 log.cost_nano = charged;
-                log.cost_detail = Some(json!({"units": units(delivered), "price": price_name}));
+                log.cost_detail =
+                    JsonText::of(&json!({"units": units(delivered), "price": price_name}));
                 state.logs.record(log);
                 let data: Vec<Value> = images
                     .into_iter()

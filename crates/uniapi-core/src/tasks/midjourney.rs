@@ -28,6 +28,7 @@ use crate::catalog::{ApiKey, Channel, ChannelKind, UpstreamKey};
 use crate::relay::body::read_limited;
 use crate::relay::{CallContext, order_candidates};
 use crate::state::AppState;
+use crate::store::logs::JsonText;
 use crate::store::now_ms;
 use crate::store::tasks::TaskRow;
 
@@ -769,7 +770,7 @@ async fn upload(
         if answer["code"].as_i64() == Some(CODE_OK) && answer["result"].is_array() {
             reservation.capture(amount, 0);
             log.cost_nano = amount;
-            log.cost_detail = Some(json!({"price": price_name}));
+            log.cost_detail = JsonText::of(&json!({"price": price_name}));
             state.logs.record(log);
             return envelope(
                 StatusCode::OK,

@@ -17,6 +17,7 @@ use crate::billing::{Units, cost, usd_string};
 use crate::catalog::{ApiKey, Channel, ChannelKind, Price, UpstreamKey};
 use crate::relay::{CallContext, order_candidates};
 use crate::state::AppState;
+use crate::store::logs::JsonText;
 use crate::store::now_ms;
 use crate::store::tasks::TaskRow;
 
@@ -287,7 +288,7 @@ pub async fn submit(
                 let mut log = ctx.log(Some(&price_name), StatusCode::OK, "complete", None);
                 log.channel_id = Some(channel.id);
                 log.cost_nano = amount;
-                log.cost_detail = Some(json!({"task": task.id, "price": price_name}));
+                log.cost_detail = JsonText::of(&json!({"task": task.id, "price": price_name}));
                 state.logs.record(log);
                 Ok(task)
             }
@@ -481,7 +482,7 @@ pub async fn charged_call(
         let cost_nano = if status.is_success() {
             reservation.capture(amount, 0);
             log.cost_nano = amount;
-            log.cost_detail = Some(json!({"units": call.units, "price": price_name}));
+            log.cost_detail = JsonText::of(&json!({"units": call.units, "price": price_name}));
             amount
         } else {
             reservation.release();

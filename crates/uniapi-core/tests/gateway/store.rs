@@ -218,7 +218,9 @@ async fn store_round_trips_on_every_backend() {
             output_tokens: 40,
             reasoning_tokens: 7,
             cost_nano: 12_345,
-            cost_detail: Some(serde_json::json!({"basis": "reported"})),
+            cost_detail: uniapi_core::store::logs::JsonText::of(
+                &serde_json::json!({"basis": "reported"}),
+            ),
         };
         store
             .insert_logs(&[log("a", 1, 200), log("b", 2, 500), log("a", 1, 200)])
