@@ -13,7 +13,7 @@ struct Logs(Store);
 
 impl Destination for Logs {
     type Record = RequestLog;
-    const BATCH: usize = 500;
+    const BATCH: usize = 512;
     const CAPACITY: Option<usize> = Some(100_000);
     const ATTEMPTS: Option<u32> = Some(3);
     const WHAT: &'static str = "request logs";
@@ -41,5 +41,10 @@ impl LogSink {
     /// Waits until everything recorded before this call is in the database.
     pub async fn flush(&self) {
         self.0.flush().await;
+    }
+
+    /// Waits while the database is far behind the logs (see [`crate::writebehind::HIGH_WATER`]).
+    pub async fn room(&self) {
+        self.0.room().await;
     }
 }

@@ -36,6 +36,13 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
+    /// Where a request that will be logged and charged waits while the database is far behind the
+    /// write-behind queues: memory stays bounded and the load slows to what the database takes.
+    pub async fn backlog_room(&self) {
+        self.logs.room().await;
+        self.ledger.room().await;
+    }
+
     pub async fn new(
         config: Config,
         store: Store,

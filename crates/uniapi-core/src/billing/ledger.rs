@@ -84,7 +84,7 @@ struct Entries(Store);
 
 impl Destination for Entries {
     type Record = LedgerEntry;
-    const BATCH: usize = 1000;
+    const BATCH: usize = 1024;
     const CAPACITY: Option<usize> = None;
     const ATTEMPTS: Option<u32> = None;
     const WHAT: &'static str = "ledger entries";
@@ -427,6 +427,11 @@ impl Ledger {
     /// Waits until every entry recorded before this call is in the database.
     pub async fn flush(&self) {
         self.entries.flush().await;
+    }
+
+    /// Waits while the database is far behind the entries (see [`crate::writebehind::HIGH_WATER`]).
+    pub async fn room(&self) {
+        self.entries.room().await;
     }
 }
 

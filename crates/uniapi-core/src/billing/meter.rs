@@ -15,7 +15,6 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
-use tiktoken_rs::CoreBPE;
 
 use super::tokens::{count_with, tokenizer_getter};
 
@@ -294,7 +293,7 @@ impl<'de> Visitor<'de> for CountVisitor {
 /// Meters one SSE stream as it is forwarded.
 pub struct StreamMeter {
     protocol: Protocol,
-    tokenizer: fn() -> &'static CoreBPE,
+    tokenizer: fn() -> &'static super::bpe::Bpe,
     strip_usage: bool,
     /// The partial event held since its first byte (empty at an event boundary and while `skipping`).
     held: Vec<u8>,

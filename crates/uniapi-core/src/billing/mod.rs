@@ -3,6 +3,7 @@
 //! per-key rate and concurrency limits; `meter` reads usage from upstream answers and streams.
 
 pub mod bill;
+pub mod bpe;
 pub mod ledger;
 pub mod limits;
 pub mod meter;

@@ -251,6 +251,7 @@ async fn json_route(
         Ok(ctx) => ctx,
         Err(error) => return error.into_response(),
     };
+    state.backlog_room().await;
     let prepared = async {
         require_json(request.headers())?;
         let target = path_and_query(route.path, &request);
@@ -466,6 +467,7 @@ async fn form_route(State(state): State<AppState>, request: Request, kind: FormK
         Ok(ctx) => ctx,
         Err(error) => return error.into_response(),
     };
+    state.backlog_room().await;
     let prepared = async {
         let boundary = require_multipart(request.headers())?;
         let content_type = request.headers().get(header::CONTENT_TYPE).cloned();

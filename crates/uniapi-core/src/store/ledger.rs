@@ -16,7 +16,8 @@ pub struct BalanceCheck {
     pub entries_nano: i64,
 }
 
-static ENTRY_INSERTS: [std::sync::OnceLock<String>; 8] = [const { std::sync::OnceLock::new() }; 8];
+static ENTRY_INSERTS: super::StatementCache =
+    [const { std::sync::OnceLock::new() }; 2 * super::BATCH_SIZES.len()];
 const ENTRY_COLUMNS: &str = "id, user_id, key_id, kind, amount_nano, cache_nano, note, created_at";
 
 impl Store {
@@ -29,6 +30,7 @@ impl Store {
         // user and key for the whole batch (a handful of statements instead of three per entry)
         let mut users: BTreeMap<i64, (i64, i64, i64)> = BTreeMap::new();
         let mut keys: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+        let _turn = self.write_turn().await;
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             for (start, rows) in batch_chunks(entries.len()) {

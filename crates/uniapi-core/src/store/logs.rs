@@ -149,7 +149,8 @@ macro_rules! log_from_row {
     }};
 }
 
-static LOG_INSERTS: [std::sync::OnceLock<String>; 8] = [const { std::sync::OnceLock::new() }; 8];
+static LOG_INSERTS: super::StatementCache =
+    [const { std::sync::OnceLock::new() }; 2 * super::BATCH_SIZES.len()];
 
 impl Store {
     /// Writes a batch in one transaction; a log id seen twice is written once.
@@ -158,6 +159,7 @@ impl Store {
             return Ok(());
         }
         let sqlite = matches!(self, Store::Sqlite(_));
+        let _turn = self.write_turn().await;
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             for (start, rows) in batch_chunks(logs.len()) {

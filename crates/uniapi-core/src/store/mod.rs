@@ -33,6 +33,23 @@ pub enum Store {
     Postgres(Pool<Postgres>),
 }
 
+/// SQLite has one writer at a time, and a connection that finds the database locked sleeps in its busy
+/// handler (1 ms, 2 ms, ... up to 100 ms) and retries: two write-behind writers flushing back to back
+/// starve each other that way (under load the request logs fell minutes behind the ledger, and their
+/// queue grew by hundreds of megabytes). The write-behind batches take turns here instead, in order.
+static SQLITE_WRITE_LANE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+impl Store {
+    /// Held for a write-behind transaction: on SQLite, the writers' turn (see [`SQLITE_WRITE_LANE`]);
+    /// PostgreSQL takes concurrent writers itself.
+    pub(crate) async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'static, ()>> {
+        match self {
+            Store::Sqlite(_) => Some(SQLITE_WRITE_LANE.lock().await),
+            Store::Postgres(_) => None,
+        }
+    }
+}
+
 /// Runs the same statement code against whichever pool the store holds.
 macro_rules! with_pool {
     ($store:expr, $pool:ident => $body:expr) => {
@@ -55,6 +72,9 @@ pub(crate) fn safe(sql: &str) -> sqlx::AssertSqlSafe<String> {
 /// cache (preparing a statement of hundreds of rows costs more than running it).
 pub(crate) const BATCH_SIZES: [usize; 4] = [64, 16, 4, 1];
 
+/// One cached statement text per batch size and dialect.
+pub(crate) type StatementCache = [std::sync::OnceLock<String>; 2 * BATCH_SIZES.len()];
+
 /// `(start, rows)` of the chunks `len` rows are written in, sizes from [`BATCH_SIZES`].
 pub(crate) fn batch_chunks(len: usize) -> Vec<(usize, usize)> {
     let mut chunks = Vec::new();
@@ -72,7 +92,7 @@ pub(crate) fn batch_chunks(len: usize) -> Vec<(usize, usize)> {
 /// and size. Placeholders are anonymous `?` on SQLite (looking up numbered ones is linear per bind,
 /// so quadratic per statement) and `$n` on PostgreSQL.
 pub(crate) fn multi_row_insert(
-    cache: &'static [std::sync::OnceLock<String>; 8],
+    cache: &'static StatementCache,
     sqlite: bool,
     rows: usize,
     table: &str,

@@ -235,6 +235,7 @@ async fn generate(
         ..Default::default()
     };
     let (amount, _) = cost(&price, &units(ask.n));
+    state.backlog_room().await;
     let Ok(reservation) = state.ledger.reserve(&ctx.id, key.user_id, key.id, amount) else {
         return error(
             StatusCode::TOO_MANY_REQUESTS,

@@ -143,6 +143,7 @@ pub async fn submit(
     sub: Submission,
     upstream: &dyn Upstream,
 ) -> Result<TaskRow, Refusal> {
+    state.backlog_room().await;
     if let Some(idempotency) = &sub.idempotency {
         match state
             .store
@@ -392,6 +393,7 @@ pub async fn charged_call(
     call: ChargedCall<'_>,
     upstream: &dyn Upstream,
 ) -> Result<Charged, Refusal> {
+    state.backlog_room().await;
     let Some((price_name, price)) = find_price(state, &call.price_names) else {
         let name = call.price_names.last().cloned().unwrap_or_default();
         return Err(Refusal::new(

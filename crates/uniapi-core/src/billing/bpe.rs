@@ -1,0 +1,392 @@
+//! A compact byte-pair-encoding token counter for OpenAI's `o200k_base` and `cl100k_base` encodings.
+//!
+//! It counts exactly what tiktoken's `encode_ordinary(text).len()` counts (a test checks it against
+//! `tiktoken-rs` on generated texts), with the same pre-split regexes and the same merge rule, but holds
+//! the vocabulary as one byte arena and one hash table of borrowed slices: about 8 MB for `o200k_base`
+//! where `tiktoken-rs` builds three copies of every token (encoder, decoder, sorted list) and takes about
+//! 40 MB of resident memory. Only counting is needed here, so there is no decoder and no special tokens.
+//!
+//! The encodings are the `.tiktoken` files OpenAI publishes (`assets/`: one base64 token and its rank per
+//! line), embedded in the binary; nothing is downloaded.
+
+use std::collections::BinaryHeap;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::OnceLock;
+
+use base64::Engine as _;
+use fancy_regex::Regex;
+
+type Rank = u32;
+
+const O200K_FILE: &str = include_str!("../../assets/o200k_base.tiktoken");
+const CL100K_FILE: &str = include_str!("../../assets/cl100k_base.tiktoken");
+
+/// The pre-split pattern of `o200k_base` (as in OpenAI's tiktoken).
+const O200K_PATTERN: &str = concat!(
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    "|",
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    "|",
+    r"\p{N}{1,3}",
+    "|",
+    r" ?[^\s\p{L}\p{N}]+[\r\n/]*",
+    "|",
+    r"\s*[\r\n]+",
+    "|",
+    r"\s+(?!\S)",
+    "|",
+    r"\s+"
+);
+
+/// The pre-split pattern of `cl100k_base`.
+const CL100K_PATTERN: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s";
+
+/// One encoding: its token ranks and its pre-split regex.
+pub struct Bpe {
+    ranks: HashMap<&'static [u8], Rank, BuildHasherDefault<FxHasher>>,
+    /// The pre-split; `None` only if the pattern failed to compile (see [`Bpe::load`]).
+    regex: Option<Regex>,
+}
+
+impl std::fmt::Debug for Bpe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bpe")
+            .field("tokens", &self.ranks.len())
+            .finish()
+    }
+}
+
+/// `o200k_base`, built on first use (about 60 ms) and kept for the life of the process.
+pub fn o200k_base() -> &'static Bpe {
+    static BPE: OnceLock<Bpe> = OnceLock::new();
+    BPE.get_or_init(|| Bpe::load(O200K_FILE, O200K_PATTERN))
+}
+
+/// `cl100k_base`, built on first use and kept for the life of the process.
+pub fn cl100k_base() -> &'static Bpe {
+    static BPE: OnceLock<Bpe> = OnceLock::new();
+    BPE.get_or_init(|| Bpe::load(CL100K_FILE, CL100K_PATTERN))
+}
+
+impl Bpe {
+    /// Reads a `.tiktoken` file embedded in the binary. Both files and both patterns are checked by the
+    /// tests; should one still be damaged, its bad lines are skipped and a pattern that does not compile
+    /// leaves counting at one token per byte (an upper bound), both logged.
+    fn load(file: &str, pattern: &str) -> Bpe {
+        let lines = file.lines().count();
+        let engine = base64::engine::general_purpose::STANDARD;
+        let mut arena = Vec::with_capacity(lines * 8);
+        let mut spans = Vec::with_capacity(lines);
+        for line in file.lines() {
+            let start = arena.len();
+            let parsed = line.split_once(' ').and_then(|(token, rank)| {
+                let rank: Rank = rank.parse().ok()?;
+                engine.decode_vec(token, &mut arena).ok()?;
+                Some(rank)
+            });
+            match parsed {
+                Some(rank) => spans.push((start, arena.len(), rank)),
+                None => {
+                    arena.truncate(start);
+                    tracing::error!(
+                        line,
+                        "skipping a damaged line of an embedded token encoding"
+                    );
+                }
+            }
+        }
+        let arena: &'static [u8] = Box::leak(arena.into_boxed_slice());
+        let mut ranks = HashMap::with_capacity_and_hasher(spans.len(), Default::default());
+        for (start, end, rank) in spans {
+            ranks.insert(&arena[start..end], rank);
+        }
+        let regex = Regex::new(pattern)
+            .inspect_err(|e| tracing::error!(error = %e, "a tokenizer pattern does not compile; counting bytes"))
+            .ok();
+        Bpe { ranks, regex }
+    }
+
+    /// The number of tokens of `text` (what `encode_ordinary(text).len()` returns). Callers keep `text`
+    /// short enough for the regex's backtracking (see `tokens::count_with`); should the regex still give up
+    /// on a piece, the rest of the text counts one token per byte, an upper bound.
+    pub fn count(&self, text: &str) -> usize {
+        let Some(regex) = &self.regex else {
+            return text.len();
+        };
+        let mut total = 0;
+        let mut end = 0;
+        for found in regex.find_iter(text) {
+            let Ok(found) = found else {
+                return total + (text.len() - end);
+            };
+            end = found.end();
+            let piece = found.as_str().as_bytes();
+            total += if self.ranks.contains_key(piece) {
+                1
+            } else {
+                self.pieces(piece)
+            };
+        }
+        total
+    }
+
+    fn rank(&self, bytes: &[u8]) -> Rank {
+        self.ranks.get(bytes).copied().unwrap_or(Rank::MAX)
+    }
+
+    /// How many tokens byte-pair merging leaves of `piece` (at least 1 byte long).
+    fn pieces(&self, piece: &[u8]) -> usize {
+        if piece.len() < 2 {
+            return piece.len();
+        }
+        if piece.len() < 100 {
+            self.merge_small(piece)
+        } else {
+            self.merge_large(piece)
+        }
+    }
+
+    /// Repeatedly merges the adjacent pair of lowest rank (tiktoken's `_byte_pair_merge`): O(n·m), fast
+    /// for the short pieces that are the common case.
+    fn merge_small(&self, piece: &[u8]) -> usize {
+        // (start, rank of the pair starting here)
+        let mut parts: Vec<(usize, Rank)> = Vec::with_capacity(piece.len() + 1);
+        let mut min: (Rank, usize) = (Rank::MAX, usize::MAX);
+        for i in 0..piece.len() - 1 {
+            let rank = self.rank(&piece[i..i + 2]);
+            if rank < min.0 {
+                min = (rank, i);
+            }
+            parts.push((i, rank));
+        }
+        parts.push((piece.len() - 1, Rank::MAX));
+        parts.push((piece.len(), Rank::MAX));
+        let rank_at = |parts: &Vec<(usize, Rank)>, i: usize| {
+            if i + 3 < parts.len() {
+                self.rank(&piece[parts[i].0..parts[i + 3].0])
+            } else {
+                Rank::MAX
+            }
+        };
+        while min.0 != Rank::MAX {
+            let i = min.1;
+            if i > 0 {
+                parts[i - 1].1 = rank_at(&parts, i - 1);
+            }
+            parts[i].1 = rank_at(&parts, i);
+            parts.remove(i + 1);
+            min = (Rank::MAX, usize::MAX);
+            for (i, &(_, rank)) in parts[..parts.len() - 1].iter().enumerate() {
+                if rank < min.0 {
+                    min = (rank, i);
+                }
+            }
+        }
+        parts.len() - 1
+    }
+
+    /// The same merges with a heap (tiktoken's `_byte_pair_merge_large`): O(m log n) for long pieces.
+    fn merge_large(&self, piece: &[u8]) -> usize {
+        struct State {
+            prev: usize,
+            end: usize,
+            next_end: usize,
+            next_rank: Rank,
+        }
+        #[derive(PartialEq, Eq)]
+        struct Merge {
+            start: usize,
+            rank: Rank,
+        }
+        impl Ord for Merge {
+            fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+                other
+                    .rank
+                    .cmp(&self.rank)
+                    .then_with(|| other.start.cmp(&self.start))
+            }
+        }
+        impl PartialOrd for Merge {
+            fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+                Some(self.cmp(other))
+            }
+        }
+        let mut state = Vec::with_capacity(piece.len());
+        state.push(State {
+            prev: usize::MAX,
+            end: 1,
+            next_end: 2,
+            next_rank: Rank::MAX,
+        });
+        let mut heap = BinaryHeap::with_capacity(piece.len());
+        for i in 0..piece.len() - 1 {
+            let rank = self.rank(&piece[i..i + 2]);
+            if rank != Rank::MAX {
+                heap.push(Merge { start: i, rank });
+                state[i].next_rank = rank;
+            }
+            state.push(State {
+                prev: i,
+                end: i + 2,
+                next_end: i + 3,
+                next_rank: Rank::MAX,
+            });
+        }
+        let potential = |state: &mut Vec<State>,
+                         heap: &mut BinaryHeap<Merge>,
+                         start: usize,
+                         next_end: usize| {
+            state[start].next_end = next_end;
+            state[start].next_rank = Rank::MAX;
+            if next_end <= piece.len() {
+                let rank = self.rank(&piece[start..next_end]);
+                if rank != Rank::MAX {
+                    heap.push(Merge { start, rank });
+                    state[start].next_rank = rank;
+                }
+            }
+        };
+        while let Some(left) = heap.pop() {
+            if left.rank == Rank::MAX {
+                break;
+            }
+            if left.rank != state[left.start].next_rank {
+                continue;
+            }
+            let left_start = left.start;
+            let right_start = state[left_start].end;
+            let right_end = state[left_start].next_end;
+            let right_next_end = state[right_start].next_end;
+            state[left_start].end = right_end;
+            potential(&mut state, &mut heap, left_start, right_next_end);
+            if right_end < state.len() {
+                state[right_end].prev = left_start;
+            }
+            if left_start > 0 {
+                let prev_start = state[left_start].prev;
+                potential(&mut state, &mut heap, prev_start, right_end);
+            }
+            state[right_start].next_rank = Rank::MAX;
+        }
+        let mut count = 0;
+        let mut i = 0;
+        while i < state.len() {
+            count += 1;
+            i = state[i].end;
+        }
+        count
+    }
+}
+
+/// The Fx hash (rustc's): a multiply-rotate over 8 bytes at a time, fast for short keys like tokens.
+/// Not resistant to chosen collisions, which is fine for a fixed vocabulary.
+#[derive(Default)]
+struct FxHasher {
+    hash: u64,
+}
+
+const FX_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl FxHasher {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(FX_SEED);
+    }
+}
+
+impl Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            self.add(u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8])));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    #[inline]
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.hash
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn tiktoken(name: &str) -> &'static tiktoken_rs::CoreBPE {
+        match name {
+            "o200k" => tiktoken_rs::o200k_base_singleton(),
+            _ => tiktoken_rs::cl100k_base_singleton(),
+        }
+    }
+
+    fn ours(name: &str) -> &'static Bpe {
+        match name {
+            "o200k" => o200k_base(),
+            _ => cl100k_base(),
+        }
+    }
+
+    #[test]
+    fn every_vocabulary_entry_is_loaded() {
+        assert_eq!(o200k_base().ranks.len(), 199_998);
+        assert_eq!(cl100k_base().ranks.len(), 100_256);
+        assert_eq!(o200k_base().rank(b"!"), 0);
+        assert!(o200k_base().regex.is_some() && cl100k_base().regex.is_some());
+    }
+
+    #[test]
+    fn counts_equal_tiktoken_on_known_texts() {
+        let long_word = "supercalifragilistic".repeat(40);
+        let texts = [
+            "",
+            "Hello there, how are you today?",
+            "  leading spaces and trailing   ",
+            "line\r\nbreaks\n\n\tand tabs",
+            "数字 1234567 and émigré naïve café — ünïcödé ✓ 🚀🚀",
+            "I'm you're they've we'll she'd IT'S",
+            "fn main() { println!(\"{}\", x /* c */); } // http://a.b/c?d=e",
+            "ÆØÅ Ελληνικά русский 日本語のテキスト 한국어",
+            long_word.as_str(),
+        ];
+        for name in ["o200k", "cl100k"] {
+            for text in texts {
+                assert_eq!(
+                    ours(name).count(text),
+                    tiktoken(name).encode_ordinary(text).len(),
+                    "{name}: {text:?}"
+                );
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        #[test]
+        fn counts_equal_tiktoken(
+            text in "(\\PC|[ \\t\\r\\n]|[a-z]{1,12}|[0-9]{1,6}|'s|'LL|[!-/:-@]{1,4}){0,60}",
+            long in proptest::option::of("[a-zA-Z]{100,400}"),
+        ) {
+            let text = match long {
+                Some(long) => format!("{text}{long}"),
+                None => text,
+            };
+            for name in ["o200k", "cl100k"] {
+                prop_assert_eq!(ours(name).count(&text), tiktoken(name).encode_ordinary(&text).len());
+            }
+        }
+    }
+}
