@@ -115,6 +115,23 @@ def main() -> int:
         lines.append(row("RSS flat over the soak", "flat",
                          f"{soak['rss_early_mb']} → {soak['rss_late_mb']} MB (growth {soak['growth_mb']} MB), "
                          f"{soak['requests']} requests, {soak['errors']} errors", "—", bool(soak.get("flat"))))
+    peers = [p for p in ("litellm", "portkey") if p in s]
+    if peers:
+        u32 = med(su, "rps_c32")
+        parts = []
+        for p in peers:
+            p32, p50 = med(s[p], "rps_c32"), d[p].get("added_p50_ms_at_200")
+            if p32:
+                parts.append(f"{p}: {p32:.0f} req/s at c32 (uniapi does {u32 / p32:.0f}× that), "
+                             f"added p50 at 200 req/s {fnum(p50, 3, True)} ms")
+        if parts:
+            lines += ["", "Peers in the same run: " + "; ".join(parts) + ". The peers stay up (idle) on CPU 0 "
+                      "while the other targets are measured, so their background work can take some of that "
+                      "core from direct/nginx/uniapi; `--targets direct,nginx,uniapi` without `--with-peers` "
+                      "measures the three alone."]
+    if isinstance(r.get("skipped"), dict) and r["skipped"]:
+        lines += ["", "Skipped or partly measured: "
+                  + "; ".join(f"{k}: {v}" for k, v in r["skipped"].items()) + "."]
     cpu_u, cpu_n = med(su, "cpu_s_per_1k_c32"), med(sn, "cpu_s_per_1k_c32")
     lines += [
         "",
