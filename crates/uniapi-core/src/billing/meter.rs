@@ -132,6 +132,24 @@ macro_rules! lenient_rest {
     };
 }
 
+/// Implements the scalar visits (numbers, strings) of a lenient object value: they read as `$none`.
+macro_rules! scalars_absent {
+    ($value:ty, $none:expr) => {
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<$value, E> {
+            Ok($none)
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<$value, E> {
+            Ok($none)
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<$value, E> {
+            Ok($none)
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<$value, E> {
+            Ok($none)
+        }
+    };
+}
+
 struct UsageVisitor;
 
 impl<'de> Visitor<'de> for UsageVisitor {
@@ -142,19 +160,7 @@ impl<'de> Visitor<'de> for UsageVisitor {
     }
 
     lenient_rest!(WireUsage, WireUsage(None));
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<WireUsage, E> {
-        Ok(WireUsage(None))
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<WireUsage, E> {
-        Ok(WireUsage(None))
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<WireUsage, E> {
-        Ok(WireUsage(None))
-    }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<WireUsage, E> {
-        Ok(WireUsage(None))
-    }
+    scalars_absent!(WireUsage, WireUsage(None));
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<WireUsage, A::Error> {
         let (mut prompt, mut input, mut completion, mut output, mut total) =
@@ -222,19 +228,7 @@ impl<'de> Visitor<'de> for DetailsVisitor {
     }
 
     lenient_rest!(Details, Details::default());
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Details, E> {
-        Ok(Details::default())
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Details, E> {
-        Ok(Details::default())
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Details, E> {
-        Ok(Details::default())
-    }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Details, E> {
-        Ok(Details::default())
-    }
+    scalars_absent!(Details, Details::default());
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Details, A::Error> {
         let mut details = Details::default();
