@@ -66,15 +66,34 @@ impl Default for ServerConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
     pub url: String,
-    pub max_connections: u32,
+    /// The pool's size; unset means [`DatabaseConfig::SQLITE_CONNECTIONS`] on SQLite and
+    /// [`DatabaseConfig::POSTGRES_CONNECTIONS`] on PostgreSQL.
+    pub max_connections: Option<u32>,
 }
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
         Self {
             url: "sqlite://uniapi-data/uniapi.db".into(),
-            max_connections: 8,
+            max_connections: None,
         }
+    }
+}
+
+impl DatabaseConfig {
+    /// SQLite takes one writer at a time (the write-behind batches take turns anyway) and WAL readers
+    /// beside it, so a few connections serve it; each one holds its own worker thread, page cache and
+    /// prepared batch statements (about 1 MB), and a larger pool only fills up and stays resident.
+    pub const SQLITE_CONNECTIONS: u32 = 3;
+    pub const POSTGRES_CONNECTIONS: u32 = 8;
+
+    pub fn pool_size(&self) -> u32 {
+        self.max_connections
+            .unwrap_or(if self.url.starts_with("sqlite:") {
+                Self::SQLITE_CONNECTIONS
+            } else {
+                Self::POSTGRES_CONNECTIONS
+            })
     }
 }
 
@@ -351,6 +370,9 @@ impl Config {
                 format!("`{url}` is neither sqlite:... nor postgres://..."),
             ));
         }
+        if self.database.max_connections == Some(0) {
+            return Err(key_error("database.max_connections", "must be at least 1"));
+        }
         if self.billing.credits_per_usd == 0 {
             return Err(key_error("billing.credits_per_usd", "must be at least 1"));
         }
@@ -589,6 +611,31 @@ key = "sk-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
         assert_eq!(config.database.url, "postgres://u@h/db");
         assert_eq!(config.server.max_body_mb, 7);
         assert_eq!(config.channels[0].priority, 3);
+    }
+
+    #[test]
+    fn pool_size_defaults_by_backend_and_rejects_zero() {
+        let load = |extra: &str| {
+            let file = write(&format!("[database]\n{extra}"));
+            Config::load(file.0.to_str(), &env(&[]))
+        };
+        assert_eq!(
+            load("").unwrap().database.pool_size(),
+            DatabaseConfig::SQLITE_CONNECTIONS
+        );
+        assert_eq!(
+            load("url = \"postgres://u@h/db\"\n")
+                .unwrap()
+                .database
+                .pool_size(),
+            DatabaseConfig::POSTGRES_CONNECTIONS
+        );
+        assert_eq!(
+            load("max_connections = 12\n").unwrap().database.pool_size(),
+            12
+        );
+        let err = load("max_connections = 0\n").unwrap_err().to_string();
+        assert!(err.contains("database.max_connections"), "{err}");
     }
 
     #[test]

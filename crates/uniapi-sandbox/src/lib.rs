@@ -102,7 +102,8 @@ pub async fn serve(
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, router(config)).await
+    // the route table is built once, not per accepted connection
+    axum::serve(listener, router(config).into_make_service()).await
 }
 
 /// Binds `127.0.0.1:0`, serves the sandbox in a background task and returns its address.
