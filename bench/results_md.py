@@ -45,7 +45,7 @@ def main() -> int:
         "",
         f"* {m['cpus']} vCPUs \"{m['cpu']}\", {m['memory']}, Linux {m['kernel']}, Python {m['python']}",
         f"* {m['wrk']}, {m['nginx']}, {m.get('oha') or 'no oha'}",
-        f"* uniapi at git `{m['git']}`, release build (thin LTO, mimalloc)",
+        f"* uniapi at git `{m['git']}`, release build (fat LTO, one codegen unit, mimalloc)",
         f"* Targets pinned to {r['pinning']['targets']}; wrk/oha, the sandbox upstream and the TTFB client "
         f"pinned to {r['pinning']['load generator + upstream']}",
         f"* load average at start {' '.join(m['loadavg_at_start'])}, at end {' '.join(m['loadavg_at_end'])}",

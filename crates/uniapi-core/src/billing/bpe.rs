@@ -72,7 +72,8 @@ impl std::fmt::Debug for Bpe {
     }
 }
 
-/// `o200k_base`, built on first use (about 10 ms) and kept for the life of the process.
+/// `o200k_base`, indexed on first use (one pass over its embedded tokens) and kept for the life of
+/// the process.
 pub fn o200k_base() -> &'static Bpe {
     static BPE: OnceLock<Bpe> = OnceLock::new();
     BPE.get_or_init(|| Bpe::load(O200K_FILE, O200K_PATTERN))
