@@ -49,7 +49,7 @@ pub struct Bpe {
     /// Where the token of each rank ends in `bytes`; it starts where the one before ends.
     ends: Box<[u32]>,
     /// Open addressing (linear probing) by the Fx hash of the tokens' bytes, a power of two long and
-    /// about three quarters full: each slot holds a rank (the low [`RANK_BITS`]) under [`TAG_BITS`] more
+    /// at most four fifths full (about 0.76 for both encodings): each slot holds a rank (the low [`RANK_BITS`]) under [`TAG_BITS`] more
     /// bits of the hash, so a probe past another token rarely reads its bytes; [`EMPTY`] where free.
     slots: Box<[u32]>,
     /// `64 - log2(slots.len())`: a slot is the top bits of the hash, its tag the bits below them.
