@@ -140,14 +140,18 @@ impl Gateway {
             shutdown.await;
             let _ = stop_tx.send(true);
         });
+        // The accept loop runs on a runtime worker, like the connections it spawns: awaited in place it
+        // would run on the thread that blocks on `main`, and every accepted connection would cross threads.
+        let mut server = tokio::spawn(server.into_future());
         let mut stopped = stop_rx.clone();
         let result = tokio::select! {
-            result = server.into_future() => result,
+            joined = &mut server => joined.unwrap_or_else(|e| Err(std::io::Error::other(e))),
             _ = async move {
                 let _ = stopped.wait_for(|s| *s).await;
                 tokio::time::sleep(grace).await;
             } => {
                 tracing::warn!("in-flight requests did not finish within the shutdown grace period");
+                server.abort();
                 Ok(())
             }
         };
