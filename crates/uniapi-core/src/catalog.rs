@@ -256,11 +256,40 @@ impl HealthBook {
     }
 }
 
-#[derive(Debug)]
 pub struct UpstreamKey {
     pub id: i64,
     pub secret: String,
+    /// `Bearer <secret>`, built once and marked sensitive (hyper keeps it out of HPACK tables and
+    /// `Debug` output); `None` when the secret holds bytes a header cannot carry.
+    pub authorization: Option<axum::http::HeaderValue>,
     pub enabled: AtomicBool,
+}
+
+impl UpstreamKey {
+    pub fn new(id: i64, secret: String, enabled: bool) -> UpstreamKey {
+        let authorization = axum::http::HeaderValue::from_str(&format!("Bearer {secret}"))
+            .ok()
+            .map(|mut value| {
+                value.set_sensitive(true);
+                value
+            });
+        UpstreamKey {
+            id,
+            secret,
+            authorization,
+            enabled: AtomicBool::new(enabled),
+        }
+    }
+}
+
+impl std::fmt::Debug for UpstreamKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamKey")
+            .field("id", &self.id)
+            .field("secret", &mask_secret(&self.secret))
+            .field("enabled", &self.enabled)
+            .finish()
+    }
 }
 
 impl UpstreamKey {
@@ -335,6 +364,11 @@ impl Channel {
     /// The upstream URL of `path_and_query` (`/v1/...`, with its query) under the channel's base URL.
     pub fn url(&self, path_and_query: &str) -> Option<reqwest::Url> {
         upstream_url(self.base.as_ref(), &self.base_url, path_and_query)
+    }
+
+    /// [`Channel::url`] as the `Uri` hyper sends.
+    pub fn uri(&self, path_and_query: &str) -> Option<axum::http::Uri> {
+        axum::http::Uri::try_from(self.url(path_and_query)?.as_str()).ok()
     }
 
     /// The upstream name of a requested model.
@@ -461,11 +495,7 @@ impl Catalog {
                 keys: row
                     .keys
                     .into_iter()
-                    .map(|k| UpstreamKey {
-                        id: k.id,
-                        secret: k.secret,
-                        enabled: AtomicBool::new(k.enabled),
-                    })
+                    .map(|k| UpstreamKey::new(k.id, k.secret, k.enabled))
                     .collect(),
                 health: health.for_channel(row.id),
                 next_key: AtomicUsize::new(0),

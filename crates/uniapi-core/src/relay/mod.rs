@@ -28,6 +28,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::logs::{Attempt, RequestLog};
 use crate::store::now_ms;
+use crate::upstream::UpstreamBody;
 
 pub use passthrough::SseStyle;
 
@@ -210,7 +211,8 @@ struct Failure {
 
 /// An upstream answer the client will get: head received and first body bytes in hand.
 pub(crate) struct Answer {
-    response: reqwest::Response,
+    head: axum::http::response::Parts,
+    body: UpstreamBody,
     first: Option<Bytes>,
 }
 
@@ -231,50 +233,60 @@ async fn attempt(
     key: &UpstreamKey,
     upstream_model: &str,
 ) -> Result<Answer, Failure> {
-    let Some(url) = channel.url(&out.path_and_query) else {
+    let Some(uri) = channel.uri(&out.path_and_query) else {
         return Err(Failure {
             status: None,
             reason: "the channel's base URL is not a valid URL".into(),
             retry_after: None,
         });
     };
-    let mut request = state
-        .upstream
-        .client
-        .request(out.method.clone(), url)
-        .header(header::AUTHORIZATION, format!("Bearer {}", key.secret));
-    if let Some(ct) = &out.content_type {
-        request = request.header(header::CONTENT_TYPE, ct.clone());
-    }
-    if let Some(accept) = &out.accept {
-        request = request.header(header::ACCEPT, accept.clone());
-    }
-    if !matches!(out.body, OutboundBody::Empty) {
-        request = request.body(out.body.for_upstream(upstream_model));
-    }
-    let deadline = tokio::time::Instant::now() + state.upstream.first_byte_timeout;
-    let transport = |e: reqwest::Error| Failure {
-        status: None,
-        reason: describe_transport(&e),
-        retry_after: None,
+    let Some(authorization) = key.authorization.clone() else {
+        return Err(Failure {
+            status: None,
+            reason: "the channel key holds characters an HTTP header cannot carry".into(),
+            retry_after: None,
+        });
     };
+    let mut request = axum::http::Request::new(http_body_util::Full::new(
+        out.body.for_upstream(upstream_model),
+    ));
+    *request.method_mut() = out.method.clone();
+    *request.uri_mut() = uri;
+    let headers = request.headers_mut();
+    headers.insert(header::AUTHORIZATION, authorization);
+    if let Some(ct) = &out.content_type {
+        headers.insert(header::CONTENT_TYPE, ct.clone());
+    }
+    headers.insert(
+        header::ACCEPT,
+        out.accept
+            .clone()
+            .unwrap_or(HeaderValue::from_static("*/*")),
+    );
+    let deadline = tokio::time::Instant::now() + state.upstream.first_byte_timeout;
     let timed_out = || Failure {
         status: None,
         reason: "timed out waiting for the first byte".into(),
         retry_after: None,
     };
-    let mut response = tokio::time::timeout_at(deadline, request.send())
+    let response = tokio::time::timeout_at(deadline, state.upstream.relay.request(request))
         .await
         .map_err(|_| timed_out())?
-        .map_err(transport)?;
-    let status = response.status();
+        .map_err(|e| Failure {
+            status: None,
+            reason: describe_transport(&e),
+            retry_after: None,
+        })?;
+    let (head, body) = response.into_parts();
+    let mut body = UpstreamBody::new(body, state.upstream.idle_timeout);
+    let status = head.status;
     if fails_over(status) {
-        let retry_after = response
-            .headers()
+        let retry_after = head
+            .headers
             .get(header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
-        let excerpt = tokio::time::timeout(std::time::Duration::from_secs(2), response.chunk())
+        let excerpt = tokio::time::timeout(std::time::Duration::from_secs(2), body.chunk())
             .await
             .ok()
             .and_then(Result::ok)
@@ -287,11 +299,15 @@ async fn attempt(
             retry_after,
         });
     }
-    let first = tokio::time::timeout_at(deadline, response.chunk())
+    let first = tokio::time::timeout_at(deadline, body.chunk())
         .await
         .map_err(|_| timed_out())?
-        .map_err(transport)?;
-    Ok(Answer { response, first })
+        .map_err(|_| Failure {
+            status: None,
+            reason: "the upstream broke the response before its first byte".into(),
+            retry_after: None,
+        })?;
+    Ok(Answer { head, body, first })
 }
 
 /// An upstream's error text for the operator's log: our key masked (some upstreams echo it), and short.
@@ -304,13 +320,9 @@ fn scrub(text: &str, secret: &str) -> String {
     masked.chars().take(ERROR_EXCERPT).collect()
 }
 
-fn describe_transport(e: &reqwest::Error) -> String {
+fn describe_transport(e: &hyper_util::client::legacy::Error) -> String {
     if e.is_connect() {
         "connection to the upstream failed".into()
-    } else if e.is_timeout() {
-        "the upstream timed out".into()
-    } else if e.is_body() || e.is_decode() {
-        "the upstream broke the response before its first byte".into()
     } else {
         "the upstream request failed".into()
     }
@@ -368,11 +380,11 @@ pub async fn relay(state: &AppState, ctx: CallContext, out: Outbound, bill: Bill
                     channel_id: channel.id,
                     channel: channel.name.clone(),
                     key_hint: key.hint(),
-                    status: Some(answer.response.status().as_u16()),
+                    status: Some(answer.head.status.as_u16()),
                     error: None,
                     elapsed_ms: elapsed,
                 });
-                let mut log = ctx.log(Some(&out.model), answer.response.status(), "complete", None);
+                let mut log = ctx.log(Some(&out.model), answer.head.status, "complete", None);
                 log.upstream_model = Some(upstream_model);
                 log.channel_id = Some(channel.id);
                 log.stream = out.stream;

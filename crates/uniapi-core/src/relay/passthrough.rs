@@ -12,13 +12,13 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures_util::Stream;
 use futures_util::StreamExt;
-use futures_util::stream::BoxStream;
 
 use crate::billing::bill::Bill;
 use crate::billing::meter::StreamMeter;
 use crate::billing::{Charge, usd_string};
 use crate::reqlog::LogSink;
 use crate::store::logs::{JsonText, RequestLog};
+use crate::upstream::{BodyError, UpstreamBody};
 
 use super::{Answer, Outbound};
 
@@ -101,7 +101,7 @@ impl Drop for Finish {
 
 struct PassThrough {
     first: Option<Bytes>,
-    rest: BoxStream<'static, reqwest::Result<Bytes>>,
+    rest: UpstreamBody,
     finish: Finish,
     sse: SseStyle,
     /// Whether the bytes sent so far end on an event boundary (a blank line).
@@ -167,7 +167,7 @@ impl Stream for PassThrough {
                 }
                 Poll::Ready(Some(Err(e))) => {
                     self.ended = true;
-                    let reason = if e.is_timeout() {
+                    let reason = if e == BodyError::Silent {
                         "the upstream went silent mid-stream"
                     } else {
                         "the upstream broke the stream"
@@ -198,7 +198,7 @@ fn stream_response(
     status: StatusCode,
     headers: axum::http::HeaderMap,
     first: Option<Bytes>,
-    rest: BoxStream<'static, reqwest::Result<Bytes>>,
+    rest: UpstreamBody,
     remaining: Option<u64>,
     finish: Finish,
     sse: SseStyle,
@@ -232,19 +232,19 @@ pub async fn respond(
     bill: Bill,
 ) -> Response {
     let Answer {
-        response: upstream,
+        head,
+        body: upstream,
         first,
     } = answer;
-    let status =
-        StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let is_event_stream = upstream
-        .headers()
+    let status = head.status;
+    let is_event_stream = head
+        .headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("text/event-stream"));
     let mut headers = axum::http::HeaderMap::new();
-    super::copy_headers(upstream.headers(), &mut headers);
-    let remaining = upstream.content_length();
+    super::copy_headers(&head.headers, &mut headers);
+    let remaining = upstream.exact_len();
     if !status.is_success() {
         bill.release();
         let finish = Finish {
@@ -258,7 +258,7 @@ pub async fn respond(
             status,
             headers,
             first,
-            upstream.bytes_stream().boxed(),
+            upstream,
             remaining,
             finish,
             SseStyle::None,
@@ -273,15 +273,7 @@ pub async fn respond(
             bill: Some(bill),
             meter,
         };
-        return stream_response(
-            status,
-            headers,
-            first,
-            upstream.bytes_stream().boxed(),
-            None,
-            finish,
-            out.sse,
-        );
+        return stream_response(status, headers, first, upstream, None, finish, out.sse);
     }
     let mut upstream = upstream;
     let mut body = bytes::BytesMut::new();
@@ -314,7 +306,7 @@ pub async fn respond(
                 status,
                 headers,
                 Some(body.freeze()),
-                upstream.bytes_stream().boxed(),
+                upstream,
                 None,
                 finish,
                 SseStyle::None,

@@ -221,6 +221,34 @@ async fn a_stream_cut_mid_way_ends_with_an_error_event_and_is_logged() {
 }
 
 #[tokio::test]
+async fn a_stream_that_goes_silent_past_the_idle_timeout_is_cut_with_an_error_event() {
+    let sandbox = Sandbox::start().await;
+    // the first chunk comes at once, every later one after 400 ms: past the 150 ms idle timeout
+    sandbox
+        .set(json!({"stream_chunks": 6, "chunk_delay_ms": 400}))
+        .await;
+    let mut cfg = config(vec![channel("c", &sandbox, &["gpt-4o-mini"])]);
+    cfg.routing.idle_timeout_ms = 150;
+    let gw = TestGateway::start(cfg).await;
+    let started = std::time::Instant::now();
+    let response = gw
+        .post("/v1/chat/completions", USER_KEY, json!({"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "a b c d"}]}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    assert!(text.contains("\"code\":\"upstream_stream_cut\""), "{text}");
+    assert!(!text.contains("[DONE]"), "{text}");
+    // cut by the idle timer, not by the sandbox finishing its 6 x 400 ms
+    assert!(started.elapsed() < std::time::Duration::from_millis(1_500));
+    let logs = gw.logs(1).await;
+    assert_eq!(logs[0]["outcome"], "upstream_cut", "{logs:?}");
+    assert_eq!(logs[0]["error"], "the upstream went silent mid-stream");
+    // the gateway keeps serving (the silent connection is not reused)
+    sandbox.set(json!({"chunk_delay_ms": 0})).await;
+    assert_eq!(gw.chat("gpt-4o-mini").await.status(), 200);
+}
+
+#[tokio::test]
 async fn a_client_that_leaves_mid_stream_is_logged_as_gone() {
     let sandbox = Sandbox::start().await;
     sandbox
