@@ -90,6 +90,143 @@ async fn upstream_sees_channel_key_mapped_model_and_the_body_unchanged() {
     assert_eq!(seen["body_json"], expected);
 }
 
+/// Sends one streamed chat request over a raw connection and returns the decoded body and how many
+/// HTTP chunks (writes of the gateway, as far as chunked framing shows them) carried it.
+async fn raw_stream(gw: &TestGateway, body: serde_json::Value) -> (String, usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = gw.url.trim_start_matches("http://");
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = body.to_string();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {USER_KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    socket.read_to_end(&mut raw).await.unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    let (head, mut rest) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    let (mut text, mut chunks) = (String::new(), 0);
+    loop {
+        let (size, after) = rest.split_once("\r\n").unwrap();
+        let size = usize::from_str_radix(size.trim(), 16).unwrap();
+        if size == 0 {
+            break;
+        }
+        chunks += 1;
+        text.push_str(&after[..size]);
+        rest = &after[size + 2..];
+    }
+    (text, chunks)
+}
+
+/// An upstream that answers one streamed chat request with `events` content events, a usage event and
+/// `[DONE]`, all written at once: head and body in a single write.
+async fn upstream_writing_at_once(events: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        // the request: head, then a body of Content-Length bytes
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = socket.read(&mut buf).await.unwrap();
+            request.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&request).to_ascii_lowercase();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length: usize = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                if request.len() >= end + 4 + length {
+                    break;
+                }
+            }
+        }
+        let chunk = |c: &mut String, event: String| {
+            c.push_str(&format!("{:x}\r\n{event}\r\n", event.len()));
+        };
+        let mut body = String::new();
+        for n in 0..events {
+            chunk(
+                &mut body,
+                format!(
+                    "data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"w{n} \"}}}}]}}\n\n"
+                ),
+            );
+        }
+        chunk(&mut body, "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":30,\"total_tokens\":35}}\n\n".into());
+        chunk(&mut body, "data: [DONE]\n\n".into());
+        body.push_str("0\r\n\r\n");
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n{body}"
+        );
+        socket.write_all(response.as_bytes()).await.unwrap();
+        let _ = socket.shutdown().await;
+    });
+    url
+}
+
+#[tokio::test]
+async fn events_that_arrive_together_are_sent_together() {
+    let sandbox = Sandbox::start().await;
+    let mut all_at_once = channel("c", &sandbox, &["gpt-4o-mini"]);
+    all_at_once.base_url = upstream_writing_at_once(30).await;
+    let gw = TestGateway::start(config(vec![all_at_once])).await;
+    let (text, chunks) = raw_stream(
+        &gw,
+        json!({"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    // every content event arrived whole and in order; the usage event the client did not ask for is hidden
+    let content: Vec<String> = text
+        .split("\n\n")
+        .filter(|e| e.starts_with("data: {"))
+        .map(|e| {
+            let v: serde_json::Value = serde_json::from_str(&e["data: ".len()..]).unwrap();
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let expected: Vec<String> = (0..30).map(|n| format!("w{n} ")).collect();
+    assert_eq!(content, expected);
+    assert!(!text.contains("\"usage\""), "{text}");
+    // passed on one by one they would be 31 chunks (30 events and [DONE])
+    assert!(chunks <= 3, "{chunks} chunks for 31 events");
+    let logs = gw.logs(1).await;
+    assert_eq!(logs[0]["outcome"], "complete", "{logs:?}");
+    assert_eq!(logs[0]["output_tokens"], 30, "{logs:?}");
+}
+
+#[tokio::test]
+async fn events_that_arrive_apart_are_sent_apart() {
+    let sandbox = Sandbox::start().await;
+    sandbox
+        .set(json!({"stream_chunks": 4, "chunk_delay_ms": 100}))
+        .await;
+    let gw = TestGateway::start(config(vec![channel("c", &sandbox, &["gpt-4o-mini"])])).await;
+    let (text, chunks) = raw_stream(
+        &gw,
+        json!({"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "a b c d"}]}),
+    )
+    .await;
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    // each of the 4 content events came 100 ms after the last and went out on its own
+    assert!(chunks >= 4, "{chunks} chunks: {text}");
+}
+
 #[tokio::test]
 async fn a_stream_is_passed_through_chunk_by_chunk() {
     let sandbox = Sandbox::start().await;
