@@ -150,15 +150,24 @@ pub fn with_request_id(mut response: Response, id: &str) -> Response {
     response
 }
 
-/// Records its log when dropped armed: the request future was cancelled because the client left.
-struct LeftEarly {
-    sink: crate::reqlog::LogSink,
-    log: Option<RequestLog>,
+/// Records a log when dropped armed: the request future was cancelled because the client left while
+/// the upstream was still being asked. The record is built only then (most requests never need it).
+struct LeftEarly<'a> {
+    sink: &'a crate::reqlog::LogSink,
+    ctx: &'a CallContext,
+    model: &'a str,
+    armed: bool,
 }
 
-impl Drop for LeftEarly {
+impl Drop for LeftEarly<'_> {
     fn drop(&mut self) {
-        if let Some(mut log) = self.log.take() {
+        if self.armed {
+            let mut log = self.ctx.log(
+                Some(self.model),
+                StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+                "client_gone",
+                Some("the client closed the connection before the upstream answered".into()),
+            );
             log.latency_ms = log.latency_ms.max(1);
             self.sink.record(log);
         }
@@ -168,6 +177,9 @@ impl Drop for LeftEarly {
 /// Candidates in the order they will be tried: highest priority first; within a priority, a weighted
 /// random order; channels cooling down go last, so they are tried only when nothing else answers.
 pub fn order_candidates(channels: &[Arc<Channel>], now_ms: i64) -> Vec<Arc<Channel>> {
+    if let [only] = channels {
+        return vec![only.clone()];
+    }
     let mut rng = rand::rng();
     let (healthy, cooling): (Vec<_>, Vec<_>) = channels
         .iter()
@@ -345,13 +357,10 @@ pub async fn relay(state: &AppState, ctx: CallContext, out: Outbound, bill: Bill
     let limits = bill.remaining();
     // a client that leaves while the upstream is still being asked is logged (its hold is released)
     let mut left_early = LeftEarly {
-        sink: state.logs.clone(),
-        log: Some(ctx.log(
-            Some(&out.model),
-            StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
-            "client_gone",
-            Some("the client closed the connection before the upstream answered".into()),
-        )),
+        sink: &state.logs,
+        ctx: &ctx,
+        model: &out.model,
+        armed: true,
     };
     let mut attempts: Vec<Attempt> = Vec::new();
     let mut all_rate_limited = true;
@@ -391,7 +400,7 @@ pub async fn relay(state: &AppState, ctx: CallContext, out: Outbound, bill: Bill
                 log.attempts = attempts;
                 log.ttfb_ms = Some(elapsed_ms(ctx.started));
                 // from here the pass-through logs the request, however it ends
-                left_early.log = None;
+                left_early.armed = false;
                 let mut response =
                     passthrough::respond(state.logs.clone(), ctx.started, log, answer, &out, bill)
                         .await;
@@ -443,7 +452,7 @@ pub async fn relay(state: &AppState, ctx: CallContext, out: Outbound, bill: Bill
         )
     };
     bill.release();
-    left_early.log = None;
+    left_early.armed = false;
     let mut log = ctx.log(
         Some(&out.model),
         error.status,

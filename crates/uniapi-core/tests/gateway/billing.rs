@@ -664,6 +664,12 @@ async fn a_client_that_leaves_before_a_json_answer_is_logged_and_pays_nothing() 
     assert!(request.await.is_err(), "the client should have given up");
     let logs = gw.logs(1).await;
     assert_eq!(logs[0]["outcome"], "client_gone");
+    assert_eq!(
+        logs[0]["error"],
+        "the client closed the connection before the upstream answered"
+    );
+    assert_eq!(logs[0]["model"], "gpt-4o-mini");
+    assert_eq!(logs[0]["status"], 499);
     assert_eq!(logs[0]["cost_nano"], 0);
     assert_eq!(balance(&gw).await, before);
     reconciled(&gw).await;
