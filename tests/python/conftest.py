@@ -7,6 +7,7 @@ process itself (its upstream client would otherwise honour HTTP_PROXY).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -21,7 +22,7 @@ import urllib.request
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import pytest
 from openai import OpenAI
@@ -274,8 +275,9 @@ _PATTERNS = {
 }
 
 
-@pytest.fixture(scope="session")
-def gateway() -> Any:
+@contextlib.contextmanager
+def running_gateway(extra_env: Optional[dict[str, str]] = None) -> Iterator[Gateway]:
+    """A `uniapi serve --demo` process of its own (work directory, database, sandbox), stopped on exit."""
     binary = Path(os.environ.get("UNIAPI_BIN") or DEFAULT_BIN)
     if not binary.is_file():
         pytest.fail(f"gateway binary not found at {binary}: build it (cargo build -p uniapi) or set UNIAPI_BIN")
@@ -287,7 +289,7 @@ def gateway() -> Any:
         process = subprocess.Popen(
             [str(binary), "serve", "--demo", "--listen", "127.0.0.1:0"],
             cwd=workdir,
-            env=_clean_env(workdir),
+            env={**_clean_env(workdir), **(extra_env or {})},
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -328,6 +330,12 @@ def gateway() -> Any:
             print(f"gateway work directory kept at {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def gateway() -> Any:
+    with running_gateway() as gw:
+        yield gw
 
 
 def _stop(process: subprocess.Popen) -> None:
