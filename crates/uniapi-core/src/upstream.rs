@@ -150,7 +150,7 @@ impl UpstreamBody {
         }
     }
 
-    /// The length the upstream declared, if any.
+    /// The bytes the upstream declared that this body has not handed over yet, if it declared a length.
     pub fn exact_len(&self) -> Option<u64> {
         self.body.size_hint().exact()
     }

@@ -295,7 +295,11 @@ pub async fn respond(
         .is_some_and(|ct| ct.starts_with("text/event-stream"));
     let mut headers = axum::http::HeaderMap::new();
     super::copy_headers(&head.headers, &mut headers);
-    let remaining = upstream.exact_len();
+    // what the upstream declared still due: the body reports what it has not yet handed over, and the
+    // first chunk was already taken from it
+    let remaining = upstream
+        .exact_len()
+        .map(|rest| rest + first.as_ref().map_or(0, |f| f.len() as u64));
     if !status.is_success() {
         bill.release();
         let finish = Finish {

@@ -1,6 +1,8 @@
 //! Failover before the first byte, cool-downs, key disabling, and faults mid-stream.
 
-use serde_json::json;
+use std::time::Duration;
+
+use serde_json::{Value, json};
 
 use crate::support::*;
 
@@ -262,6 +264,60 @@ async fn a_client_that_leaves_mid_stream_is_logged_as_gone() {
     drop(response);
     let logs = gw.logs(1).await;
     assert_eq!(logs[0]["outcome"], "client_gone", "{logs:?}");
+}
+
+/// An upstream error of declared length whose body comes in two parts, 400 ms apart.
+async fn error_in_two_parts() -> (String, usize) {
+    let body = format!(
+        "{{\"error\":{{\"message\":\"{}\",\"type\":\"invalid_request_error\",\"param\":null,\"code\":null}}}}",
+        "x".repeat(300)
+    );
+    let head = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let (first, rest) = body.split_at(200);
+    let url = raw_upstream(vec![
+        (Duration::ZERO, format!("{head}{first}").into_bytes()),
+        (Duration::from_millis(400), rest.as_bytes().to_vec()),
+    ])
+    .await;
+    (url, body.len())
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_an_upstream_error_half_way_is_logged_as_gone() {
+    let sandbox = Sandbox::start().await;
+    let mut split = channel("c", &sandbox, &["gpt-4o-mini"]);
+    (split.base_url, _) = error_in_two_parts().await;
+    let gw = TestGateway::start(config(vec![split])).await;
+    let mut response = gw.chat("gpt-4o-mini").await;
+    assert_eq!(response.status(), 400);
+    let part = response.chunk().await.unwrap().unwrap();
+    assert_eq!(part.len(), 200);
+    drop(response);
+    let logs = gw.logs(1).await;
+    // the first 200 bytes counted once: 300 were still due when the client left
+    assert_eq!(logs[0]["outcome"], "client_gone", "{logs:?}");
+    assert_eq!(logs[0]["status"], 400);
+    assert_eq!(logs[0]["cost_nano"], 0);
+}
+
+#[tokio::test]
+async fn an_upstream_error_of_declared_length_is_relayed_whole() {
+    let sandbox = Sandbox::start().await;
+    let mut split = channel("c", &sandbox, &["gpt-4o-mini"]);
+    let length;
+    (split.base_url, length) = error_in_two_parts().await;
+    let gw = TestGateway::start(config(vec![split])).await;
+    let response = gw.chat("gpt-4o-mini").await;
+    assert_eq!(response.status(), 400);
+    let text = response.text().await.unwrap();
+    assert_eq!(text.len(), length);
+    let error: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(error["error"]["type"], "invalid_request_error");
+    let logs = gw.logs(1).await;
+    assert_eq!(logs[0]["outcome"], "complete", "{logs:?}");
 }
 
 #[tokio::test]

@@ -127,53 +127,28 @@ async fn raw_stream(gw: &TestGateway, body: serde_json::Value) -> (String, usize
     (text, chunks)
 }
 
-/// An upstream that answers one streamed chat request with `events` content events, a usage event and
-/// `[DONE]`, all written at once: head and body in a single write.
+/// One streamed chat answer with `events` content events, a usage event and `[DONE]`, all of it (head
+/// and body) written at once.
 async fn upstream_writing_at_once(events: usize) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        let (mut socket, _) = listener.accept().await.unwrap();
-        // the request: head, then a body of Content-Length bytes
-        let mut request = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = socket.read(&mut buf).await.unwrap();
-            request.extend_from_slice(&buf[..n]);
-            let text = String::from_utf8_lossy(&request).to_ascii_lowercase();
-            if let Some(end) = text.find("\r\n\r\n") {
-                let length: usize = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .map_or(0, |v| v.trim().parse().unwrap());
-                if request.len() >= end + 4 + length {
-                    break;
-                }
-            }
-        }
-        let chunk = |c: &mut String, event: String| {
-            c.push_str(&format!("{:x}\r\n{event}\r\n", event.len()));
-        };
-        let mut body = String::new();
-        for n in 0..events {
-            chunk(
-                &mut body,
-                format!(
-                    "data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"w{n} \"}}}}]}}\n\n"
-                ),
-            );
-        }
-        chunk(&mut body, "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":30,\"total_tokens\":35}}\n\n".into());
-        chunk(&mut body, "data: [DONE]\n\n".into());
-        body.push_str("0\r\n\r\n");
-        let response = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n{body}"
+    let chunk = |c: &mut String, event: String| {
+        c.push_str(&format!("{:x}\r\n{event}\r\n", event.len()));
+    };
+    let mut body = String::new();
+    for n in 0..events {
+        chunk(
+            &mut body,
+            format!(
+                "data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"w{n} \"}}}}]}}\n\n"
+            ),
         );
-        socket.write_all(response.as_bytes()).await.unwrap();
-        let _ = socket.shutdown().await;
-    });
-    url
+    }
+    chunk(&mut body, "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":30,\"total_tokens\":35}}\n\n".into());
+    chunk(&mut body, "data: [DONE]\n\n".into());
+    body.push_str("0\r\n\r\n");
+    let response = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n{body}"
+    );
+    raw_upstream(vec![(std::time::Duration::ZERO, response.into_bytes())]).await
 }
 
 #[tokio::test]

@@ -367,3 +367,39 @@ pub fn allow_local_callbacks(config: &mut Config) {
     config.tasks.allow_private_callbacks = true;
     config.tasks.callback_backoff_ms = 50;
 }
+
+/// An upstream written by hand: it takes one request (head and `Content-Length` body), then writes
+/// `parts` of its answer, each after its pause, and closes. For answers the sandbox cannot shape, such
+/// as bytes split at a chosen place.
+pub async fn raw_upstream(parts: Vec<(Duration, Vec<u8>)>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = socket.read(&mut buf).await.unwrap();
+            request.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&request).to_ascii_lowercase();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length: usize = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                if request.len() >= end + 4 + length {
+                    break;
+                }
+            }
+        }
+        for (pause, bytes) in parts {
+            tokio::time::sleep(pause).await;
+            if socket.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        let _ = socket.shutdown().await;
+    });
+    url
+}
