@@ -238,3 +238,53 @@ async fn a_stream_is_passed_through_chunk_by_chunk() {
         "arrivals: {arrivals:?}"
     );
 }
+
+#[tokio::test]
+async fn the_client_gets_the_upstreams_descriptive_headers_and_none_of_its_account_or_cookies() {
+    let sandbox = Sandbox::start().await;
+    let body = json!({
+        "id": "chatcmpl-h", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
+    })
+    .to_string();
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         openai-processing-ms: 42\r\nopenai-version: 2020-10-01\r\nx-request-id: req_upstream\r\n\
+         cache-control: no-store\r\nx-ratelimit-remaining-requests: 9\r\nset-cookie: session=upstream\r\n\
+         openai-organization: the-operators-org\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut raw = channel("c", &sandbox, &["gpt-4o-mini"]);
+    raw.base_url = raw_upstream(vec![(std::time::Duration::ZERO, answer.into_bytes())]).await;
+    let gw = TestGateway::start(config(vec![raw])).await;
+    let response = gw.chat("gpt-4o-mini").await;
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(headers["openai-processing-ms"], "42");
+    assert_eq!(headers["openai-version"], "2020-10-01");
+    assert_eq!(headers["x-request-id"], "req_upstream");
+    assert_eq!(headers["cache-control"], "no-store");
+    assert!(
+        headers["x-uniapi-request-id"]
+            .to_str()
+            .unwrap()
+            .starts_with("req_")
+    );
+    // the channel's own account: its rate limits, organization and cookies stay with the gateway
+    assert_ne!(
+        headers
+            .get("x-ratelimit-remaining-requests")
+            .map(|v| v.to_str().unwrap()),
+        Some("9")
+    );
+    assert!(!headers.contains_key("set-cookie"));
+    assert!(!headers.contains_key("openai-organization"));
+    let text = response.text().await.unwrap();
+    assert_eq!(headers["content-length"], text.len().to_string().as_str());
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()["id"],
+        "chatcmpl-h"
+    );
+}
