@@ -48,7 +48,6 @@ pub struct Outbound {
 }
 
 pub enum OutboundBody {
-    Empty,
     Json(body::JsonBody),
     Form(body::FormBody),
 }
@@ -56,7 +55,6 @@ pub enum OutboundBody {
 impl OutboundBody {
     fn for_upstream(&self, upstream_model: &str) -> Bytes {
         match self {
-            OutboundBody::Empty => Bytes::new(),
             OutboundBody::Json(b) => b.for_upstream(upstream_model),
             OutboundBody::Form(f) => f.for_upstream(upstream_model),
         }

@@ -224,11 +224,8 @@ async fn a_stream_cut_mid_way_ends_with_an_error_event_and_is_logged() {
 
 #[tokio::test]
 async fn a_stream_that_goes_silent_past_the_idle_timeout_is_cut_with_an_error_event() {
-    let sandbox = Sandbox::start().await;
     // the first chunk comes at once, every later one after 400 ms: past the 150 ms idle timeout
-    sandbox
-        .set(json!({"stream_chunks": 6, "chunk_delay_ms": 400}))
-        .await;
+    let sandbox = Sandbox::shaped(json!({"stream_chunks": 6, "chunk_delay_ms": 400})).await;
     let mut cfg = config(vec![channel("c", &sandbox, &["gpt-4o-mini"])]);
     cfg.routing.idle_timeout_ms = 150;
     let gw = TestGateway::start(cfg).await;
@@ -375,4 +372,25 @@ async fn an_upstream_that_echoes_our_key_never_gets_it_into_the_logs() {
         !text.contains(UPSTREAM_KEY),
         "the upstream key reached the request log: {text}"
     );
+}
+
+#[tokio::test]
+async fn a_channel_key_no_header_can_carry_is_skipped_for_the_next_channel() {
+    let (a, b) = (Sandbox::start().await, Sandbox::start().await);
+    let mut broken = channel("broken", &a, &["gpt-4o-mini"]);
+    broken.priority = 10;
+    broken.keys = vec!["sk-pasted\nwith-a-newline".into()];
+    let gw = TestGateway::start(config(vec![broken, channel("fine", &b, &["gpt-4o-mini"])])).await;
+    assert_eq!(gw.chat("gpt-4o-mini").await.status(), 200);
+    // nothing was sent with the broken key; the next channel answered
+    assert_eq!(a.calls().await, 0);
+    assert_eq!(b.calls().await, 1);
+    let logs = gw.logs(1).await;
+    let attempts = logs[0]["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{logs:?}");
+    assert_eq!(
+        attempts[0]["error"],
+        "the channel key holds characters an HTTP header cannot carry"
+    );
+    assert_eq!(attempts[1]["status"], 200);
 }

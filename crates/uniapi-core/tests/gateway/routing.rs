@@ -187,10 +187,7 @@ async fn events_that_arrive_together_are_sent_together() {
 
 #[tokio::test]
 async fn events_that_arrive_apart_are_sent_apart() {
-    let sandbox = Sandbox::start().await;
-    sandbox
-        .set(json!({"stream_chunks": 4, "chunk_delay_ms": 100}))
-        .await;
+    let sandbox = Sandbox::shaped(json!({"stream_chunks": 4, "chunk_delay_ms": 100})).await;
     let gw = TestGateway::start(config(vec![channel("c", &sandbox, &["gpt-4o-mini"])])).await;
     let (text, chunks) = raw_stream(
         &gw,

@@ -20,6 +20,13 @@ impl Sandbox {
         Sandbox::with_keys(&[UPSTREAM_KEY]).await
     }
 
+    /// A sandbox with its stream shape or latency set (see [`Sandbox::set`]).
+    pub async fn shaped(config: Value) -> Sandbox {
+        let sandbox = Sandbox::start().await;
+        sandbox.set(config).await;
+        sandbox
+    }
+
     pub async fn with_keys(keys: &[&str]) -> Sandbox {
         let addr = uniapi_sandbox::spawn(SandboxConfig {
             keys: keys.iter().map(|k| k.to_string()).collect(),
