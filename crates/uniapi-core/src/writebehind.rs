@@ -2,13 +2,18 @@
 //! batches — on a tick (`FLUSH_INTERVAL`), when a batch is full, when someone waits for a flush, and once
 //! more on close. Request logs and ledger entries both go through it; they differ only in their SQL and in
 //! what a database failure may cost (logs may be dropped after retries, money never).
+//!
+//! A record is pushed onto a locked `Vec` and nobody is woken for it: the writer is woken only when a
+//! batch is full, a flush is asked for, or the queue closes, and otherwise finds the records on its tick.
+//! (A channel woke the writer task for every record, twice a request: measured with callgrind, see
+//! `bench/README.md`.)
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 
 use crate::store::StoreError;
 
@@ -34,19 +39,55 @@ pub trait Destination: Send + Sync + 'static {
     fn write(&self, batch: &[Self::Record]) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
-enum Message<R> {
-    Record(R),
-    Flush(oneshot::Sender<()>),
-    Close,
+/// What producers have handed over and the writer has not taken yet.
+struct Pending<R> {
+    records: Vec<R>,
+    /// Flushes waiting for every record pushed before them.
+    waiters: Vec<oneshot::Sender<()>>,
+    /// `Writer::finish` was called: write what is here, then stop.
+    closing: bool,
+    /// The writer took its last records: later ones are dropped.
+    closed: bool,
+}
+
+struct Shared<R> {
+    pending: Mutex<Pending<R>>,
+    /// Wakes the writer before its tick.
+    wake: Notify,
+    /// Records pushed and not yet written (or dropped by the writer).
+    queued: AtomicUsize,
+    /// Woken whenever the writer has written a batch.
+    drained: Notify,
+    dropped: AtomicUsize,
+}
+
+impl<R> Shared<R> {
+    fn new() -> Arc<Shared<R>> {
+        Arc::new(Shared {
+            pending: Mutex::new(Pending {
+                records: Vec::new(),
+                waiters: Vec::new(),
+                closing: false,
+                closed: false,
+            }),
+            wake: Notify::new(),
+            queued: AtomicUsize::new(0),
+            drained: Notify::new(),
+            dropped: AtomicUsize::new(0),
+        })
+    }
+
+    fn pending(&self) -> MutexGuard<'_, Pending<R>> {
+        // the lock is held for a push or a swap, which cannot leave the vectors half changed
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The producers' side: cheap to clone, never blocks.
 pub struct Queue<R> {
-    tx: mpsc::UnboundedSender<Message<R>>,
-    queued: Arc<AtomicUsize>,
-    /// Woken whenever the writer has written a batch.
-    drained: Arc<Notify>,
-    dropped: Arc<AtomicUsize>,
+    shared: Arc<Shared<R>>,
+    /// Records at which the writer is woken rather than left to its tick.
+    batch: usize,
     capacity: Option<usize>,
     what: &'static str,
 }
@@ -54,10 +95,8 @@ pub struct Queue<R> {
 impl<R> Clone for Queue<R> {
     fn clone(&self) -> Self {
         Queue {
-            tx: self.tx.clone(),
-            queued: self.queued.clone(),
-            drained: self.drained.clone(),
-            dropped: self.dropped.clone(),
+            shared: self.shared.clone(),
+            batch: self.batch,
             capacity: self.capacity,
             what: self.what,
         }
@@ -66,52 +105,66 @@ impl<R> Clone for Queue<R> {
 
 /// The writer task; `finish` writes what is queued and stops it.
 pub struct Writer<R> {
-    tx: mpsc::UnboundedSender<Message<R>>,
+    shared: Arc<Shared<R>>,
     handle: tokio::task::JoinHandle<()>,
 }
 
 pub fn spawn<D: Destination>(destination: D) -> (Queue<D::Record>, Writer<D::Record>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let queued = Arc::new(AtomicUsize::new(0));
-    let drained = Arc::new(Notify::new());
-    let handle = tokio::spawn(run(destination, rx, queued.clone(), drained.clone()));
+    let shared = Shared::new();
+    let handle = tokio::spawn(run(destination, shared.clone()));
     let queue = Queue {
-        tx: tx.clone(),
-        queued,
-        drained,
-        dropped: Default::default(),
+        shared: shared.clone(),
+        batch: D::BATCH,
         capacity: D::CAPACITY,
         what: D::WHAT,
     };
-    (queue, Writer { tx, handle })
+    (queue, Writer { shared, handle })
 }
 
 impl<R: Send + 'static> Queue<R> {
     pub fn push(&self, record: R) {
+        let shared = &*self.shared;
         let full = self
             .capacity
-            .is_some_and(|c| self.queued.load(Ordering::Relaxed) >= c);
-        if full || self.tx.send(Message::Record(record)).is_err() {
-            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if n.is_power_of_two() {
-                tracing::error!(
-                    dropped = n,
-                    what = self.what,
-                    "write-behind queue full or closed; records dropped"
-                );
+            .is_some_and(|c| shared.queued.load(Ordering::Relaxed) >= c);
+        // counted before it is visible to the writer, which subtracts once it is written
+        shared.queued.fetch_add(1, Ordering::Relaxed);
+        let wake = if full {
+            None
+        } else {
+            let mut pending = shared.pending();
+            if pending.closed {
+                None
+            } else {
+                pending.records.push(record);
+                Some(pending.records.len() == self.batch)
             }
-            return;
+        };
+        match wake {
+            Some(true) => shared.wake.notify_one(),
+            Some(false) => {}
+            None => {
+                shared.queued.fetch_sub(1, Ordering::Relaxed);
+                let n = shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    tracing::error!(
+                        dropped = n,
+                        what = self.what,
+                        "write-behind queue full or closed; records dropped"
+                    );
+                }
+            }
         }
-        self.queued.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Returns at once unless [`HIGH_WATER`] records are waiting for the database; then waits until the
     /// writer has brought the backlog below it.
     pub async fn room(&self) {
-        while self.queued.load(Ordering::Relaxed) >= HIGH_WATER {
+        let shared = &*self.shared;
+        while shared.queued.load(Ordering::Relaxed) >= HIGH_WATER {
             // registered before the check: a batch written in between still wakes it
-            let drained = self.drained.notified();
-            if self.queued.load(Ordering::Relaxed) < HIGH_WATER {
+            let drained = shared.drained.notified();
+            if shared.queued.load(Ordering::Relaxed) < HIGH_WATER {
                 return;
             }
             drained.await;
@@ -121,63 +174,63 @@ impl<R: Send + 'static> Queue<R> {
     /// Waits until everything pushed before this call is in the database.
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Message::Flush(tx)).is_ok() {
-            let _ = rx.await;
+        {
+            let mut pending = self.shared.pending();
+            if pending.closed {
+                return;
+            }
+            pending.waiters.push(tx);
         }
+        self.shared.wake.notify_one();
+        let _ = rx.await;
     }
 }
 
 impl<R> Writer<R> {
     /// Writes out everything queued so far and stops, even while queues are still alive.
     pub async fn finish(self) {
-        let _ = self.tx.send(Message::Close);
+        self.shared.pending().closing = true;
+        self.shared.wake.notify_one();
         let _ = self.handle.await;
     }
 }
 
-async fn run<D: Destination>(
-    destination: D,
-    mut rx: mpsc::UnboundedReceiver<Message<D::Record>>,
-    queued: Arc<AtomicUsize>,
-    drained: Arc<Notify>,
-) {
-    let mut batch: Vec<D::Record> = Vec::with_capacity(D::BATCH);
-    let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
+/// A taken vector keeps its allocation for the next swap unless a burst made it this many batches big.
+const KEEP_BATCHES: usize = 4;
+
+async fn run<D: Destination>(destination: D, shared: Arc<Shared<D::Record>>) {
+    let mut spare: Vec<D::Record> = Vec::with_capacity(D::BATCH);
     let mut ticker = tokio::time::interval(FLUSH_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut closed = false;
-    while !closed {
-        let due = tokio::select! {
-            message = rx.recv() => match message {
-                Some(Message::Record(record)) => { batch.push(record); false }
-                Some(Message::Flush(done)) => { waiters.push(done); true }
-                Some(Message::Close) | None => { closed = true; true }
-            },
-            _ = ticker.tick() => true,
+    loop {
+        tokio::select! {
+            _ = shared.wake.notified() => {}
+            _ = ticker.tick() => {}
+        }
+        // everyone else gone (queues and the writer handle): nothing more can come
+        let orphaned = Arc::strong_count(&shared) == 1;
+        let (mut records, waiters, last) = {
+            let mut pending = shared.pending();
+            let last = pending.closing || orphaned;
+            pending.closed = last;
+            std::mem::swap(&mut pending.records, &mut spare);
+            (spare, std::mem::take(&mut pending.waiters), last)
         };
-        if !(due || batch.len() >= D::BATCH) {
-            continue;
+        for batch in records.chunks(D::BATCH) {
+            write(&destination, batch).await;
+            shared.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+            shared.drained.notify_waiters();
         }
-        // write everything queued up to now, a batch at a time
-        loop {
-            while batch.len() < D::BATCH {
-                match rx.try_recv() {
-                    Ok(Message::Record(record)) => batch.push(record),
-                    Ok(Message::Flush(done)) => waiters.push(done),
-                    Ok(Message::Close) => closed = true,
-                    Err(_) => break,
-                }
-            }
-            if batch.is_empty() {
-                break;
-            }
-            write(&destination, &batch).await;
-            queued.fetch_sub(batch.len(), Ordering::Relaxed);
-            drained.notify_waiters();
-            batch.clear();
+        records.clear();
+        if records.capacity() > KEEP_BATCHES * D::BATCH {
+            records = Vec::with_capacity(D::BATCH);
         }
-        for done in waiters.drain(..) {
+        spare = records;
+        for done in waiters {
             let _ = done.send(());
+        }
+        if last {
+            return;
         }
     }
 }
@@ -205,31 +258,25 @@ async fn write<D: Destination>(destination: &D, batch: &[D::Record]) {
 /// A queue whose records a test reads back instead of writing them.
 #[cfg(test)]
 pub fn captured<R: Send + 'static>() -> (Queue<R>, Captured<R>) {
-    let (tx, rx) = mpsc::unbounded_channel();
+    let shared = Shared::new();
     let queue = Queue {
-        tx,
-        queued: Default::default(),
-        drained: Default::default(),
-        dropped: Default::default(),
+        shared: shared.clone(),
+        batch: usize::MAX,
         capacity: None,
         what: "test",
     };
-    (queue, Captured(rx))
+    (queue, Captured(shared))
 }
 
 #[cfg(test)]
-pub struct Captured<R>(mpsc::UnboundedReceiver<Message<R>>);
+pub struct Captured<R>(Arc<Shared<R>>);
 
 #[cfg(test)]
 impl<R> Captured<R> {
     pub fn drain(&mut self) -> Vec<R> {
-        let mut out = Vec::new();
-        while let Ok(message) = self.0.try_recv() {
-            if let Message::Record(record) = message {
-                out.push(record);
-            }
-        }
-        out
+        let records = std::mem::take(&mut self.0.pending().records);
+        self.0.queued.fetch_sub(records.len(), Ordering::Relaxed);
+        records
     }
 }
 
@@ -293,5 +340,59 @@ mod tests {
             .unwrap();
         writer.finish().await;
         assert_eq!(written.load(Ordering::Relaxed), HIGH_WATER + 1);
+    }
+    /// A database that remembers the size of every batch it was given.
+    struct Batches(Arc<Mutex<Vec<usize>>>);
+
+    impl Destination for Batches {
+        type Record = u32;
+        const BATCH: usize = 4;
+        const CAPACITY: Option<usize> = None;
+        const ATTEMPTS: Option<u32> = None;
+        const WHAT: &'static str = "test records";
+
+        async fn write(&self, batch: &[u32]) -> Result<(), StoreError> {
+            self.0.lock().expect("not poisoned").push(batch.len());
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn records_wait_for_the_tick_a_full_batch_or_a_flush() {
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let written = || batches.lock().expect("not poisoned").clone();
+        let (queue, writer) = spawn(Batches(batches.clone()));
+        tokio::time::sleep(Duration::from_millis(1)).await; // the first, immediate tick passes
+        // fewer than a batch: nobody is woken, the tick takes them
+        queue.push(1);
+        queue.push(2);
+        tokio::time::sleep(FLUSH_INTERVAL / 2).await;
+        assert_eq!(written(), Vec::<usize>::new());
+        tokio::time::sleep(FLUSH_INTERVAL).await;
+        assert_eq!(written(), vec![2]);
+        // a full batch wakes the writer before the tick
+        for n in 0..4 {
+            queue.push(n);
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(written(), vec![2, 4]);
+        // a flush waits for exactly what was pushed before it, written in batches
+        for n in 0..6 {
+            queue.push(n);
+        }
+        tokio::time::timeout(Duration::from_millis(5), queue.flush())
+            .await
+            .expect("a flush does not wait for the tick");
+        assert_eq!(written(), vec![2, 4, 4, 2]);
+        // finishing writes what is left; the closed queue drops what comes after, counted
+        queue.push(9);
+        writer.finish().await;
+        assert_eq!(written(), vec![2, 4, 4, 2, 1]);
+        queue.push(10);
+        assert_eq!(queue.shared.dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(queue.shared.queued.load(Ordering::Relaxed), 0);
+        tokio::time::timeout(Duration::from_millis(5), queue.flush())
+            .await
+            .expect("a flush on a closed queue returns at once");
     }
 }
