@@ -227,20 +227,29 @@ impl JsonBody {
         if self.include_usage {
             return Ok(self);
         }
-        let bytes = if self.has_stream_options {
-            // rare: the client sent stream_options without include_usage; rewrite that member only
-            let mut value: serde_json::Value =
-                serde_json::from_slice(&self.bytes).map_err(ApiError::invalid_json)?;
-            value["stream_options"]["include_usage"] = serde_json::Value::Bool(true);
-            Bytes::from(serde_json::to_vec(&value).map_err(ApiError::invalid_json)?)
-        } else {
+        if !self.has_stream_options {
+            // the usual case: the member goes in right after the opening brace, before every other
+            // member, so nothing else moves but the model's place; no second parse is needed
+            const MEMBER: &[u8] = br#""stream_options":{"include_usage":true},"#;
             let open = self.bytes.iter().position(|b| *b == b'{').unwrap_or(0);
-            let mut out = BytesMut::with_capacity(self.bytes.len() + 48);
+            let mut out = BytesMut::with_capacity(self.bytes.len() + MEMBER.len());
             out.extend_from_slice(&self.bytes[..=open]);
-            out.extend_from_slice(br#""stream_options":{"include_usage":true},"#);
+            out.extend_from_slice(MEMBER);
             out.extend_from_slice(&self.bytes[open + 1..]);
-            out.freeze()
-        };
+            return Ok(JsonBody {
+                bytes: out.freeze(),
+                has_stream_options: true,
+                model_span: self
+                    .model_span
+                    .map(|span| span.start + MEMBER.len()..span.end + MEMBER.len()),
+                ..self
+            });
+        }
+        // rare: the client sent stream_options without include_usage; rewrite that member only
+        let mut value: serde_json::Value =
+            serde_json::from_slice(&self.bytes).map_err(ApiError::invalid_json)?;
+        value["stream_options"]["include_usage"] = serde_json::Value::Bool(true);
+        let bytes = Bytes::from(serde_json::to_vec(&value).map_err(ApiError::invalid_json)?);
         let mut parsed = JsonBody::parse(bytes, required, default_model)?;
         parsed.include_usage = false;
         Ok(parsed)
@@ -249,9 +258,11 @@ impl JsonBody {
     /// The body to send upstream: unchanged when the upstream name is the requested one (and was given),
     /// otherwise with only the model value replaced or inserted.
     pub fn for_upstream(&self, upstream_model: &str) -> Bytes {
+        if self.model_span.is_some() && upstream_model == self.model {
+            return self.bytes.clone();
+        }
         let quoted = serde_json::Value::String(upstream_model.to_string()).to_string();
         match &self.model_span {
-            Some(_) if upstream_model == self.model => self.bytes.clone(),
             Some(span) => {
                 let mut out = BytesMut::with_capacity(self.bytes.len() + quoted.len());
                 out.extend_from_slice(&self.bytes[..span.start]);
@@ -426,6 +437,40 @@ mod tests {
             .unwrap()
             .replace(r#""alias""#, r#""gpt-4o-mini""#);
         assert_eq!(std::str::from_utf8(&out).unwrap(), expected);
+    }
+
+    #[test]
+    fn the_usage_option_goes_in_without_a_second_parse() {
+        let raw = br#" {"model" : "alias","messages":[{"role":"user","content":"{\"model\":1}"}],"stream":true}"#;
+        let body = JsonBody::parse(Bytes::from_static(raw), &["messages"], None).unwrap();
+        let with = body.with_stream_usage(&["messages"], None).unwrap();
+        // what the client asked is kept; the body now asks for the usage chunk
+        assert!(!with.include_usage);
+        let v: serde_json::Value = serde_json::from_slice(&with.bytes).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["messages"][0]["content"], r#"{"model":1}"#);
+        // exactly what parsing the new body finds
+        let fresh = JsonBody::parse(with.bytes.clone(), &["messages"], None).unwrap();
+        assert_eq!(with.model_span, fresh.model_span);
+        assert_eq!(with.has_stream_options, fresh.has_stream_options);
+        assert_eq!((&with.model, with.stream), (&fresh.model, fresh.stream));
+        // and the model is still spliced in its place
+        let out: serde_json::Value =
+            serde_json::from_slice(&with.for_upstream("gpt-4o-mini")).unwrap();
+        assert_eq!(out["model"], "gpt-4o-mini");
+        assert_eq!(out["stream_options"]["include_usage"], true);
+        assert_eq!(out["messages"], v["messages"]);
+        // a body that left the model to the default gets it inserted after the option
+        let body = JsonBody::parse(
+            Bytes::from_static(br#"{"input":"x","stream":true}"#),
+            &["input"],
+            Some("omni"),
+        )
+        .unwrap();
+        let with = body.with_stream_usage(&["input"], Some("omni")).unwrap();
+        let out: serde_json::Value = serde_json::from_slice(&with.for_upstream("omni")).unwrap();
+        assert_eq!(out["model"], "omni");
+        assert_eq!(out["stream_options"]["include_usage"], true);
     }
 
     #[test]

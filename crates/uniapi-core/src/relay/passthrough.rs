@@ -55,14 +55,14 @@ fn cut_event(style: SseStyle, at_boundary: bool) -> Option<Bytes> {
     Some(Bytes::from(event))
 }
 
-/// Copies a capture into the request log.
-pub fn log_charge(log: &mut RequestLog, charge: &Charge) {
+/// Moves a capture into the request log (its detail is serialized when the log is written).
+pub fn log_charge(log: &mut RequestLog, charge: Charge) {
     log.input_tokens = charge.units.input_tokens;
     log.cached_tokens = charge.units.cached_input_tokens;
     log.output_tokens = charge.units.output_tokens;
     log.reasoning_tokens = charge.units.reasoning_tokens;
     log.cost_nano = charge.cost_nano;
-    log.cost_detail = JsonText::of(charge);
+    log.cost_detail = Some(JsonText::charge(charge));
 }
 
 /// Captures the bill and records the request log once, when the response body ends or is dropped.
@@ -79,8 +79,7 @@ impl Finish {
         if let Some(mut log) = self.log.take() {
             if let Some(bill) = self.bill.take() {
                 let (units, basis) = bill.measure_stream(self.meter.as_ref());
-                let charge = bill.capture(units, basis);
-                log_charge(&mut log, &charge);
+                log_charge(&mut log, bill.capture(units, basis));
             }
             log.outcome = outcome.to_string();
             log.error = error;
@@ -394,12 +393,13 @@ pub async fn respond(
     let body = body.freeze();
     let (units, basis) = bill.measure_body(&body);
     let charge = bill.capture(units, basis);
+    let cost_nano = charge.cost_nano;
     if let Some(mut log) = pending.log.take() {
-        log_charge(&mut log, &charge);
+        log_charge(&mut log, charge);
         log.latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         sink.record(log);
     }
-    if let Ok(value) = axum::http::HeaderValue::from_str(&usd_string(charge.cost_nano)) {
+    if let Ok(value) = axum::http::HeaderValue::from_str(&usd_string(cost_nano)) {
         headers.insert(
             axum::http::HeaderName::from_static("x-uniapi-cost-usd"),
             value,
