@@ -356,9 +356,10 @@ def start_nginx_fixed_upstream(nginx: str, work: Path, cpu: str) -> tuple[Proc, 
     return proc, url
 
 
-def start_uniapi(binary: Path, work: Path, upstream_url: str, wrap: list[str] | None = None) -> Target:
+def start_uniapi(binary: Path, work: Path, upstream_url: str, wrap: list[str] | None = None,
+                 name: str = "uniapi") -> Target:
     port = free_port()
-    d = work / "uniapi"
+    d = work / name
     d.mkdir()
     conf = f"""
 [server]
@@ -394,13 +395,13 @@ key = "{USER_KEY}"
 """
     (d / "uniapi.toml").write_text(conf)
     env = {k: v for k, v in os.environ.items() if not k.startswith("UNIAPI_")}
-    proc = Proc("uniapi", [*(wrap or []), str(binary), "serve", "--config", str(d / "uniapi.toml")], TARGET_CPU, work,
+    proc = Proc(name, [*(wrap or []), str(binary), "serve", "--config", str(d / "uniapi.toml")], TARGET_CPU, work,
                 env=env, cwd=d)
     url = f"http://127.0.0.1:{port}"
     headers = {"Authorization": f"Bearer {USER_KEY}"}
     wait_ready(proc, lambda: http("POST", url + "/v1/chat/completions", CHAT_BODY,
                                   {**headers, "Content-Type": "application/json"})[0] == 200, 60)
-    return Target("uniapi", url, headers, proc)
+    return Target(name, url, headers, proc)
 
 
 def start_litellm(work: Path, upstream_url: str) -> Target:
@@ -824,10 +825,15 @@ def soak(t: Target, oha: str | None, work: Path, seconds: float, rate: int, stre
         loads.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     samples = []
     t0 = time.monotonic()
-    while any(p.poll() is None for p in loads):
-        _, rss = memory_kb(t.pids())
-        samples.append([round(time.monotonic() - t0, 1), round(rss / 1024, 2)])
-        time.sleep(1.0)
+    try:
+        while any(p.poll() is None for p in loads):
+            _, rss = memory_kb(t.pids())
+            samples.append([round(time.monotonic() - t0, 1), round(rss / 1024, 2)])
+            time.sleep(1.0)
+    finally:
+        for p in loads:  # an interrupted run leaves no load generator behind
+            if p.poll() is None:
+                p.kill()
     requests = errors = 0
     for p in loads:
         out, err = p.communicate()
@@ -1040,6 +1046,8 @@ def machine() -> dict:
 
 
 def main() -> int:
+    # a SIGTERM unwinds like Ctrl-C, so every `finally` stops what the run started
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="one repetition, ~3 s per phase (CI)")
     ap.add_argument("--reps", type=int, help="repetitions (default 3, quick 1)")
@@ -1049,6 +1057,9 @@ def main() -> int:
     ap.add_argument("--bin", help="use this uniapi binary (skip cargo build)")
     ap.add_argument("--no-build", action="store_true", help="do not run cargo build; use target/release/uniapi")
     ap.add_argument("--targets", default="direct,nginx,uniapi", help="comma-separated subset")
+    ap.add_argument("--compare", metavar="BIN",
+                    help="also time this other uniapi binary as the target `uniapi-b`, set up the same way "
+                         "(A/B of a change in one run)")
     ap.add_argument("--with-peers", action="store_true", help="also LiteLLM and Portkey (installs them)")
     ap.add_argument("--no-oha", action="store_true", help="use the Python open-loop fallback for fixed rates")
     ap.add_argument("--no-upstream-compare", action="store_true", help="skip the sandbox vs nginx upstream check")
@@ -1138,6 +1149,10 @@ def main() -> int:
         upstream, up_url = start_sandbox(binary, work, args.chunks)
         procs.append(upstream)
         wanted = [t.strip() for t in args.targets.split(",") if t.strip()]
+        if args.compare:
+            compare_bin = work / "uniapi-b-bin"
+            shutil.copy2(args.compare, compare_bin)
+            wanted.append("uniapi-b")
         if args.with_peers:
             wanted += [p for p in ("litellm", "portkey") if p not in wanted]
         targets: list[Target] = []
@@ -1150,6 +1165,8 @@ def main() -> int:
                     t = start_nginx_proxy(nginx, work, up_url)
                 elif name == "uniapi":
                     t = start_uniapi(binary, work, up_url)
+                elif name == "uniapi-b":
+                    t = start_uniapi(compare_bin, work, up_url, name="uniapi-b")
                 elif name == "litellm":
                     t = start_litellm(work, up_url)
                 elif name == "portkey":
