@@ -340,10 +340,15 @@ async fn ledger_batches_apply_each_entry_once() {
             ])
             .await
             .unwrap();
+        // a batch of new entries only (inserted without asking which are new)
+        store
+            .apply_ledger_entries(&[entry("c600", "capture", -10), entry("c601", "capture", -10)])
+            .await
+            .unwrap();
         let stored = store.user_by_name("payer").await.unwrap().unwrap();
         assert_eq!(
             stored.balance_nano,
-            1_000_000 - 600 * 10 + 7 + 100,
+            1_000_000 - 602 * 10 + 7 + 100,
             "{backend}"
         );
         let checks = store.balance_checks().await.unwrap();
