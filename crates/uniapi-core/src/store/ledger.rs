@@ -22,6 +22,25 @@ static ENTRY_INSERTS_RETURNING: super::StatementCache =
     [const { std::sync::OnceLock::new() }; 2 * super::BATCH_SIZES.len()];
 const ENTRY_COLUMNS: &str = "id, user_id, key_id, kind, amount_nano, cache_nano, note, created_at";
 
+/// Binds the `ENTRY_COLUMNS` of every entry of `chunk`, in order (a statement or a scalar query).
+macro_rules! bind_entries {
+    ($query:expr, $chunk:expr) => {{
+        let mut query = $query;
+        for e in $chunk {
+            query = query
+                .bind(&e.id)
+                .bind(e.user_id)
+                .bind(e.key_id)
+                .bind(e.kind)
+                .bind(e.amount_nano)
+                .bind(e.cache_nano)
+                .bind(&e.note)
+                .bind(e.created_at);
+        }
+        query
+    }};
+}
+
 impl Store {
     pub async fn apply_ledger_entries(&self, entries: &[LedgerEntry]) -> StoreResult<()> {
         if entries.is_empty() {
@@ -45,11 +64,7 @@ impl Store {
                 let mut attempt = sqlx::Acquire::begin(&mut *tx).await?;
                 let sql = multi_row_insert(&ENTRY_INSERTS, sqlite, rows, "ledger_entries", ENTRY_COLUMNS,
                     "ON CONFLICT (id) DO NOTHING");
-                let mut query = sqlx::query(safe(sql));
-                for e in chunk {
-                    query = query.bind(&e.id).bind(e.user_id).bind(e.key_id).bind(e.kind).bind(e.amount_nano)
-                        .bind(e.cache_nano).bind(&e.note).bind(e.created_at);
-                }
+                let query = bind_entries!(sqlx::query(safe(sql)), chunk);
                 let mut new: HashSet<&str> = if query.execute(&mut *attempt).await?.rows_affected() == rows as u64 {
                     attempt.commit().await?;
                     chunk.iter().map(|e| e.id.as_str()).collect()
@@ -57,11 +72,7 @@ impl Store {
                     attempt.rollback().await?;
                     let sql = multi_row_insert(&ENTRY_INSERTS_RETURNING, sqlite, rows, "ledger_entries", ENTRY_COLUMNS,
                         "ON CONFLICT (id) DO NOTHING RETURNING id");
-                    let mut query = sqlx::query_scalar::<_, String>(safe(sql));
-                    for e in chunk {
-                        query = query.bind(&e.id).bind(e.user_id).bind(e.key_id).bind(e.kind).bind(e.amount_nano)
-                            .bind(e.cache_nano).bind(&e.note).bind(e.created_at);
-                    }
+                    let query = bind_entries!(sqlx::query_scalar::<_, String>(safe(sql)), chunk);
                     let inserted: HashSet<String> = query.fetch_all(&mut *tx).await?.into_iter().collect();
                     chunk.iter().map(|e| e.id.as_str()).filter(|id| inserted.contains(*id)).collect()
                 };
