@@ -322,6 +322,10 @@ impl Store {
                 .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
                 .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
                 .foreign_keys(true)
+                // statement journals (every multi-row insert of the write-behind has one) stay in
+                // memory: they spilled to files created and unlinked in /var/tmp several times a second
+                // (strace), which a container with a read-only root file system refuses
+                .pragma("temp_store", "memory")
                 .busy_timeout(std::time::Duration::from_secs(10));
             if let Some(parent) = options.get_filename().parent()
                 && !parent.as_os_str().is_empty()

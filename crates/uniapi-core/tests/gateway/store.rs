@@ -356,3 +356,22 @@ async fn ledger_batches_apply_each_entry_once() {
         assert_eq!(mine.balance_nano, mine.entries_nano, "{backend}");
     }
 }
+
+/// SQLite keeps its temporary files (the statement journals of the write-behind's multi-row inserts) in
+/// memory on every pooled connection: none is created in /var/tmp.
+#[tokio::test]
+async fn sqlite_keeps_temporary_files_in_memory() {
+    let store = Store::connect(&temp_sqlite_url(), 2).await.unwrap();
+    let Store::Sqlite(pool) = &store else {
+        panic!("an SQLite URL opens an SQLite store");
+    };
+    let mut first = pool.acquire().await.unwrap();
+    let mut second = pool.acquire().await.unwrap();
+    for conn in [&mut first, &mut second] {
+        let mode: i64 = sqlx::query_scalar("PRAGMA temp_store")
+            .fetch_one(&mut **conn)
+            .await
+            .unwrap();
+        assert_eq!(mode, 2, "temp_store = MEMORY");
+    }
+}
