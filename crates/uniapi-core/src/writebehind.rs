@@ -341,6 +341,7 @@ mod tests {
         writer.finish().await;
         assert_eq!(written.load(Ordering::Relaxed), HIGH_WATER + 1);
     }
+
     /// A database that remembers the size of every batch it was given.
     struct Batches(Arc<Mutex<Vec<usize>>>);
 
