@@ -127,33 +127,29 @@ impl<R: Send + 'static> Queue<R> {
         let full = self
             .capacity
             .is_some_and(|c| shared.queued.load(Ordering::Relaxed) >= c);
-        // counted before it is visible to the writer, which subtracts once it is written
-        shared.queued.fetch_add(1, Ordering::Relaxed);
-        let wake = if full {
-            None
-        } else {
+        if !full {
+            // counted before the writer can see it, since the writer subtracts once it is written
+            shared.queued.fetch_add(1, Ordering::Relaxed);
             let mut pending = shared.pending();
-            if pending.closed {
-                None
-            } else {
+            if !pending.closed {
                 pending.records.push(record);
-                Some(pending.records.len() == self.batch)
-            }
-        };
-        match wake {
-            Some(true) => shared.wake.notify_one(),
-            Some(false) => {}
-            None => {
-                shared.queued.fetch_sub(1, Ordering::Relaxed);
-                let n = shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                if n.is_power_of_two() {
-                    tracing::error!(
-                        dropped = n,
-                        what = self.what,
-                        "write-behind queue full or closed; records dropped"
-                    );
+                let wake = pending.records.len() == self.batch;
+                drop(pending);
+                if wake {
+                    shared.wake.notify_one();
                 }
+                return;
             }
+            drop(pending);
+            shared.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+        let n = shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            tracing::error!(
+                dropped = n,
+                what = self.what,
+                "write-behind queue full or closed; records dropped"
+            );
         }
     }
 
@@ -284,26 +280,36 @@ impl<R> Captured<R> {
 mod tests {
     use super::*;
 
-    /// A database that takes batches only while the test lets it.
-    struct Gated {
-        open: Arc<tokio::sync::Semaphore>,
-        written: Arc<AtomicUsize>,
+    /// A database that remembers the size of every batch it took, and takes one only when the gate
+    /// (if there is one) lets it.
+    struct Recorder<const BATCH: usize> {
+        gate: Option<Arc<tokio::sync::Semaphore>>,
+        batches: Arc<Mutex<Vec<usize>>>,
     }
 
-    impl Destination for Gated {
+    impl<const BATCH: usize> Recorder<BATCH> {
+        fn new(gate: Option<Arc<tokio::sync::Semaphore>>) -> (Self, Arc<Mutex<Vec<usize>>>) {
+            let batches = Arc::new(Mutex::new(Vec::new()));
+            let recorder = Recorder {
+                gate,
+                batches: batches.clone(),
+            };
+            (recorder, batches)
+        }
+    }
+
+    impl<const BATCH: usize> Destination for Recorder<BATCH> {
         type Record = u32;
-        const BATCH: usize = 512;
+        const BATCH: usize = BATCH;
         const CAPACITY: Option<usize> = None;
         const ATTEMPTS: Option<u32> = None;
         const WHAT: &'static str = "test records";
 
         async fn write(&self, batch: &[u32]) -> Result<(), StoreError> {
-            self.open
-                .acquire()
-                .await
-                .expect("the gate stays open")
-                .forget();
-            self.written.fetch_add(batch.len(), Ordering::Relaxed);
+            if let Some(gate) = &self.gate {
+                gate.acquire().await.expect("the gate stays open").forget();
+            }
+            self.batches.lock().expect("not poisoned").push(batch.len());
             Ok(())
         }
     }
@@ -311,11 +317,9 @@ mod tests {
     #[tokio::test]
     async fn requests_wait_for_room_while_the_database_is_far_behind() {
         let open = Arc::new(tokio::sync::Semaphore::new(0));
-        let written = Arc::new(AtomicUsize::new(0));
-        let (queue, writer) = spawn(Gated {
-            open: open.clone(),
-            written: written.clone(),
-        });
+        let (recorder, batches) = Recorder::<512>::new(Some(open.clone()));
+        let (queue, writer) = spawn(recorder);
+        let written = || batches.lock().expect("not poisoned").iter().sum::<usize>();
         // below the high-water mark nobody waits
         for n in 0..(HIGH_WATER as u32 - 1) {
             queue.push(n);
@@ -339,30 +343,14 @@ mod tests {
             .expect("room once the writer catches up")
             .unwrap();
         writer.finish().await;
-        assert_eq!(written.load(Ordering::Relaxed), HIGH_WATER + 1);
-    }
-
-    /// A database that remembers the size of every batch it was given.
-    struct Batches(Arc<Mutex<Vec<usize>>>);
-
-    impl Destination for Batches {
-        type Record = u32;
-        const BATCH: usize = 4;
-        const CAPACITY: Option<usize> = None;
-        const ATTEMPTS: Option<u32> = None;
-        const WHAT: &'static str = "test records";
-
-        async fn write(&self, batch: &[u32]) -> Result<(), StoreError> {
-            self.0.lock().expect("not poisoned").push(batch.len());
-            Ok(())
-        }
+        assert_eq!(written(), HIGH_WATER + 1);
     }
 
     #[tokio::test(start_paused = true)]
     async fn records_wait_for_the_tick_a_full_batch_or_a_flush() {
-        let batches = Arc::new(Mutex::new(Vec::new()));
+        let (recorder, batches) = Recorder::<4>::new(None);
         let written = || batches.lock().expect("not poisoned").clone();
-        let (queue, writer) = spawn(Batches(batches.clone()));
+        let (queue, writer) = spawn(recorder);
         tokio::time::sleep(Duration::from_millis(1)).await; // the first, immediate tick passes
         // fewer than a batch: nobody is woken, the tick takes them
         queue.push(1);

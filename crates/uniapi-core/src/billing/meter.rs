@@ -59,7 +59,7 @@ pub fn usage_from_json(body: &[u8]) -> Option<Usage> {
 /// The raw text of the top-level member `name` of a JSON object, found without decoding anything else.
 /// None when `json` is not an object, has no such member, or is malformed up to it. A name is compared as
 /// written: one spelled with escapes (`"us\u0061ge"`) is not recognised.
-pub(crate) fn member<'a>(json: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+fn member<'a>(json: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     let mut i = skip_blank(json, 0);
     if json.get(i) != Some(&b'{') {
         return None;
