@@ -262,6 +262,8 @@ pub struct UpstreamKey {
     /// `Bearer <secret>`, built once and marked sensitive (hyper keeps it out of HPACK tables and
     /// `Debug` output); `None` when the secret holds bytes a header cannot carry.
     pub authorization: Option<axum::http::HeaderValue>,
+    /// [`mask_secret`] of the secret, made once: every relayed request logs it (~1.7k instructions each time).
+    hint: String,
     pub enabled: AtomicBool,
 }
 
@@ -275,6 +277,7 @@ impl UpstreamKey {
             });
         UpstreamKey {
             id,
+            hint: mask_secret(&secret),
             secret,
             authorization,
             enabled: AtomicBool::new(enabled),
@@ -294,8 +297,8 @@ impl std::fmt::Debug for UpstreamKey {
 
 impl UpstreamKey {
     /// The last four characters, for logs and the admin API.
-    pub fn hint(&self) -> String {
-        mask_secret(&self.secret)
+    pub fn hint(&self) -> &str {
+        &self.hint
     }
 }
 
@@ -340,6 +343,19 @@ fn upstream_url(
     Some(url)
 }
 
+/// The `Host` header hyper's client would write from each request's URI under `base` (the host, and
+/// the port unless it is the scheme's default), made once per channel: the client formats it for every
+/// request that does not carry one (~1k instructions).
+fn host_header(base: Option<&reqwest::Url>) -> Option<axum::http::HeaderValue> {
+    let base = base?;
+    let host = base.host_str()?;
+    let value = match base.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    };
+    axum::http::HeaderValue::from_str(&value).ok()
+}
+
 #[derive(Debug)]
 pub struct Channel {
     pub id: i64,
@@ -361,6 +377,8 @@ pub struct Channel {
     /// The `Uri`s of the paths relayed so far (no query, at most [`URI_CACHE`]): a relayed request
     /// clones one instead of building the URL and parsing it again (~3k instructions, callgrind).
     uris: std::sync::RwLock<Vec<(Box<str>, axum::http::Uri)>>,
+    /// The `Host` header of every request to this channel, made once ([`host_header`]).
+    pub host: Option<axum::http::HeaderValue>,
 }
 
 /// Paths whose `Uri` a channel keeps: the relay's routes are a dozen.
@@ -501,11 +519,13 @@ impl Catalog {
                 tracing::warn!(channel = %row.name, kind = %row.kind, "skipping a channel of an unsupported kind");
                 continue;
             };
+            let base = reqwest::Url::parse(&normalize_base_url(&row.base_url)).ok();
             let channel = Arc::new(Channel {
                 id: row.id,
                 name: row.name,
                 kind,
-                base: reqwest::Url::parse(&normalize_base_url(&row.base_url)).ok(),
+                base: base.clone(),
+                host: host_header(base.as_ref()),
                 base_url: normalize_base_url(&row.base_url),
                 models: row.models,
                 model_map: row.model_map,
@@ -652,6 +672,43 @@ mod tests {
         }
     }
 
+    /// What hyper's client writes when a request has no `Host` (hyper_util's `set_host`): the URI's
+    /// host, and its port unless it is the scheme's default.
+    #[test]
+    fn the_host_header_is_what_the_client_would_write() {
+        for base in [
+            "http://127.0.0.1:8080",
+            "http://127.0.0.1:80/v1",
+            "https://api.openai.com",
+            "https://api.openai.com:443",
+            "https://gateway.example.com:8443/openai",
+            "http://[::1]:9000/x",
+            "https://bücher.example",
+        ] {
+            let base_url = normalize_base_url(base);
+            let parsed = reqwest::Url::parse(&base_url).unwrap();
+            let uri: axum::http::Uri = upstream_url(Some(&parsed), &base_url, "/v1/models")
+                .unwrap()
+                .as_str()
+                .parse()
+                .unwrap();
+            let default_port = match uri.scheme_str() {
+                Some("https") => 443,
+                _ => 80,
+            };
+            let expected = match uri.port_u16() {
+                Some(port) if port != default_port => format!("{}:{port}", uri.host().unwrap()),
+                _ => uri.host().unwrap().to_string(),
+            };
+            assert_eq!(
+                host_header(Some(&parsed)).unwrap(),
+                expected.as_str(),
+                "{base}"
+            );
+        }
+        assert_eq!(host_header(None), None);
+    }
+
     #[test]
     fn kept_uris_equal_a_fresh_parse() {
         let base_url = normalize_base_url("https://gateway.example.com/openai/");
@@ -660,6 +717,7 @@ mod tests {
             name: "c".into(),
             kind: ChannelKind::Openai,
             base: reqwest::Url::parse(&base_url).ok(),
+            host: None,
             base_url: base_url.clone(),
             models: Vec::new(),
             model_map: BTreeMap::new(),

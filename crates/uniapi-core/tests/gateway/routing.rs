@@ -285,3 +285,14 @@ async fn the_client_gets_the_upstreams_descriptive_headers_and_none_of_its_accou
         "chatcmpl-h"
     );
 }
+
+#[tokio::test]
+async fn the_upstream_gets_the_host_of_its_channel_url() {
+    let sandbox = Sandbox::start().await;
+    let gw = TestGateway::start(config(vec![channel("c", &sandbox, &["gpt-4o-mini"])])).await;
+    assert_eq!(gw.chat("gpt-4o-mini").await.status(), 200);
+    let authority = sandbox.url.trim_start_matches("http://");
+    let journal = sandbox.journal().await;
+    let hosts: Vec<&serde_json::Value> = journal.iter().map(|r| &r["headers"]["host"]).collect();
+    assert_eq!(hosts, [authority], "{journal:?}");
+}
