@@ -226,9 +226,10 @@ fn is_json_object(json: &[u8]) -> bool {
     json.trim_ascii_start().first() == Some(&b'{')
 }
 
-/// The top-level members of a JSON object as raw `(name, value)` texts, found by the same scan as
-/// [`member`]: names are compared as written (escapes are not decoded) and values are delimited, not
-/// decoded. Stops at the end of the object or at the first malformed byte, which it remembers.
+/// The top-level members of a JSON object, front to back, as raw `(name, value)` texts (strings found
+/// with `memchr`, nested values by depth): names are compared as written (escapes are not decoded) and
+/// values are delimited, not decoded. Stops at the end of the object or at the first malformed byte,
+/// which it remembers.
 struct Members<'a> {
     json: &'a [u8],
     at: usize,
@@ -1349,6 +1350,20 @@ mod tests {
             "}",
         ] {
             assert_eq!(usage_from_json(body.as_bytes()), None, "{body}");
+        }
+    }
+
+    proptest! {
+        /// Whatever an upstream sends, reading its usage never panics: bytes from JSON's own alphabet
+        /// (brackets, quotes, backslashes, blanks) in any order, and arbitrary bytes.
+        #[test]
+        fn any_answer_is_read_without_panicking(json_ish in r#"[{}\[\]":,\\ \n0-9a-z.-]{0,48}"#,
+                                                bytes in prop::collection::vec(any::<u8>(), 0..48)) {
+            for body in [format!("{{{json_ish}"), format!("{json_ish}}}"), format!(r#"{{"usage":{json_ish}}}"#),
+                         format!(r#"{{"a":{json_ish},"usage":{{"prompt_tokens":1}}}}"#), json_ish] {
+                let _ = usage_from_json(body.as_bytes());
+            }
+            let _ = usage_from_json(&bytes);
         }
     }
 
