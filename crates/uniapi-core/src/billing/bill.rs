@@ -378,6 +378,17 @@ fn audio_seconds(body: &[u8]) -> Option<u64> {
     (seconds.is_finite() && seconds >= 0.0).then(|| (seconds * 1000.0).ceil() as u64)
 }
 
+/// The key's limits for one call priced per call or per image (task submits and the synchronous
+/// families): one request against its requests per minute and its concurrency, no tokens. The permit
+/// holds the concurrency slot until it is dropped; a refusal is a 429 that says which limit and when to
+/// retry.
+pub fn admit_call(state: &AppState, key: &ApiKey) -> Result<Permit, ApiError> {
+    state
+        .limiter
+        .admit(key.id, key.limits, 0)
+        .map_err(|e| rate_limited(e, key))
+}
+
 fn rate_limited(exceeded: Exceeded, key: &ApiKey) -> ApiError {
     match exceeded {
         Exceeded::Requests { retry_after } => ApiError::new(

@@ -40,7 +40,7 @@ pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Resp
 }
 
 fn refused(refusal: Refusal) -> Response {
-    error(refusal.status, &refusal.code, refusal.message)
+    refusal.render(error)
 }
 
 /// `Authorization: Key <key>` (fal's scheme) or Bearer.

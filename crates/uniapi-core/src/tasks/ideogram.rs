@@ -15,7 +15,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
 use super::imagecheck::is_image;
-use super::submit::{ChargedCall, Refusal, Upstream, charged_call};
+use super::submit::{ChargedCall, Upstream, charged_call};
 use crate::auth;
 use crate::billing::Units;
 use crate::catalog::{ApiKey, Channel, ChannelKind, UpstreamKey};
@@ -41,7 +41,8 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
     let kind = match status.as_u16() {
         401 => "authentication_error",
         403 => "permission_error",
-        429 => "insufficient_quota",
+        429 if code == "insufficient_quota" => "insufficient_quota",
+        429 => "rate_limit_error",
         s if s >= 500 => "api_error",
         _ => "invalid_request_error",
     };
@@ -248,11 +249,7 @@ async fn call(State(state): State<AppState>, request: Request, op: &'static str)
             };
             error(answer.status, code, message)
         }
-        Err(Refusal {
-            status,
-            code,
-            message,
-        }) => error(status, &code, message),
+        Err(refusal) => refusal.render(error),
     }
 }
 

@@ -234,6 +234,10 @@ async fn generate(
         calls: 1,
         ..Default::default()
     };
+    let _permit = match super::submit::admit_logged(state, &ctx, &price_name) {
+        Ok(permit) => permit,
+        Err(limited) => return axum::response::IntoResponse::into_response(limited),
+    };
     let (amount, _) = cost(&price, &units(ask.n));
     state.backlog_room().await;
     let Ok(reservation) = state.ledger.reserve(&ctx.id, key.user_id, key.id, amount) else {

@@ -73,7 +73,7 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
 }
 
 fn refused(refusal: Refusal) -> Response {
-    error(refusal.status, &refusal.code, refusal.message)
+    refusal.render(error)
 }
 
 fn success(data: Value) -> Response {

@@ -72,7 +72,7 @@ fn invalid((param, message): (&str, String)) -> Response {
 }
 
 fn refused(refusal: Refusal) -> Response {
-    error(refusal.status, &refusal.code, refusal.message)
+    refusal.render(error)
 }
 
 fn caller(state: &AppState, headers: &HeaderMap) -> Result<Arc<ApiKey>, Box<Response>> {

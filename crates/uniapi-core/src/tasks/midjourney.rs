@@ -133,7 +133,10 @@ fn refused(refusal: Refusal) -> Response {
             "upstream_error" | "store_error" | "no_available_channel" => CODE_FAILURE,
             _ => CODE_INVALID,
         });
-    error(refusal.status, code, refusal.message)
+    super::submit::with_retry_after(
+        refusal.retry_after,
+        error(refusal.status, code, refusal.message),
+    )
 }
 
 /// `Authorization: Bearer <key>` or `mj-api-secret: <key>` (a `Bearer ` prefix there is tolerated).
@@ -706,6 +709,10 @@ async fn upload(
         &axum::http::Method::POST,
         "/mj/submit/upload-discord-images",
     );
+    let _permit = match super::submit::admit_logged(&state, &ctx, &price_name) {
+        Ok(permit) => permit,
+        Err(limited) => return refused(limited.into()),
+    };
     let (amount, _) = cost(
         &price,
         &Units {

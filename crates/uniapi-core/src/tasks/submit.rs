@@ -9,12 +9,16 @@
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::SUBMITTED;
+use crate::billing::bill::admit_call;
+use crate::billing::limits::Permit;
 use crate::billing::{Units, cost, usd_string};
 use crate::catalog::{ApiKey, Channel, ChannelKind, Price, UpstreamKey};
+use crate::error::ApiError;
 use crate::relay::{CallContext, order_candidates};
 use crate::state::AppState;
 use crate::store::logs::JsonText;
@@ -28,6 +32,8 @@ pub struct Refusal {
     /// A machine-readable code (`invalid_request`, `insufficient_quota`, `task_not_exist`, ...).
     pub code: String,
     pub message: String,
+    /// Seconds after which a retry can pass (a key's rate limit): the answer's `Retry-After`.
+    pub retry_after: Option<u64>,
 }
 
 impl Refusal {
@@ -36,6 +42,7 @@ impl Refusal {
             status,
             code: code.to_string(),
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -47,6 +54,15 @@ impl Refusal {
         Refusal::new(StatusCode::NOT_FOUND, "task_not_exist", "task not found")
     }
 
+    /// The refusal as a family's `error` renders a status, a code and a message, with the
+    /// `Retry-After` it asks for.
+    pub fn render(self, error: impl FnOnce(StatusCode, &str, String) -> Response) -> Response {
+        with_retry_after(
+            self.retry_after,
+            error(self.status, &self.code, self.message),
+        )
+    }
+
     pub fn store() -> Refusal {
         Refusal::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -54,6 +70,44 @@ impl Refusal {
             "the task store failed",
         )
     }
+}
+
+impl From<ApiError> for Refusal {
+    fn from(error: ApiError) -> Refusal {
+        Refusal {
+            status: error.status,
+            code: error.code.unwrap_or(error.kind).to_string(),
+            message: error.message,
+            retry_after: error.retry_after,
+        }
+    }
+}
+
+/// A family's answer to a refusal, with the `Retry-After` the refusal asks for.
+pub fn with_retry_after(retry_after: Option<u64>, mut response: Response) -> Response {
+    if let Some(seconds) = retry_after {
+        response
+            .headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, seconds.into());
+    }
+    response
+}
+
+/// The key's request limits for one call ([`admit_call`]), checked before anything is reserved or
+/// sent; a refusal is logged as rejected.
+pub fn admit_logged(
+    state: &AppState,
+    ctx: &CallContext,
+    price_name: &str,
+) -> Result<Permit, ApiError> {
+    admit_call(state, &ctx.key).inspect_err(|error| {
+        state.logs.record(ctx.log(
+            Some(price_name),
+            error.status,
+            "rejected",
+            Some(error.message.clone()),
+        ));
+    })
 }
 
 /// What the upstream said to a submit.
@@ -195,6 +249,7 @@ pub async fn submit(
         &axum::http::Method::POST,
         &format!("{}:{}", sub.family, sub.action),
     );
+    let _permit = admit_logged(state, &ctx, &price_name)?;
     let task_id = format!("task_{}", uuid::Uuid::now_v7().simple());
     let (amount, _) = cost(
         &price,
@@ -420,6 +475,7 @@ pub async fn charged_call(
         ));
     }
     let ctx = CallContext::new(key.clone(), &axum::http::Method::POST, call.path);
+    let _permit = admit_logged(state, &ctx, &price_name)?;
     let (amount, _) = cost(&price, &call.units);
     let Ok(reservation) = state.ledger.reserve(&ctx.id, key.user_id, key.id, amount) else {
         let error = Refusal::new(

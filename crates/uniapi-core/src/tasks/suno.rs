@@ -96,7 +96,7 @@ impl Upstream for SunoSubmit {
 }
 
 fn refused(refusal: Refusal) -> Response {
-    error(refusal.status, &refusal.code, refusal.message)
+    refusal.render(error)
 }
 
 async fn submit(

@@ -49,7 +49,7 @@ fn success(data: Value) -> Response {
 }
 
 fn refused(refusal: Refusal) -> Response {
-    error(refusal.status, &refusal.code, refusal.message)
+    refusal.render(error)
 }
 
 fn caller(state: &AppState, headers: &HeaderMap) -> Result<std::sync::Arc<ApiKey>, Box<Response>> {

@@ -279,3 +279,34 @@ async fn a_refused_upstream_key_fails_over_and_costs_nothing() {
     assert!(answer["error"]["message"].is_string());
     assert_eq!(balance(&gw).await, before);
 }
+
+#[tokio::test]
+async fn a_keys_requests_per_minute_bind_synchronous_calls() {
+    let sandbox = Sandbox::start().await;
+    let gw = TestGateway::start(ideogram_config(&sandbox)).await;
+    let before = balance(&gw).await;
+    let key = limited_key(&gw, json!({"rpm": 1})).await;
+    let call = || {
+        http()
+            .post(format!("{}/ideogram/generate", gw.url))
+            .header("Api-Key", &key)
+            .json_body(&json!({"image_request": {"prompt": "a lighthouse"}}))
+            .send()
+    };
+    let (status, first) = json_of(call().await.unwrap()).await;
+    assert_eq!(status, 200, "{first}");
+    let calls = sandbox.calls().await;
+    let response = call().await.unwrap();
+    assert_eq!(response.headers()["retry-after"], "60");
+    let (status, refused) = json_of(response).await;
+    assert_eq!(status, 429, "{refused}");
+    assert_eq!(refused["error"]["code"], "rate_limit_exceeded", "{refused}");
+    assert_eq!(refused["error"]["type"], "rate_limit_error", "{refused}");
+    assert_eq!(
+        sandbox.calls().await,
+        calls,
+        "a refused call reached the upstream"
+    );
+    assert_eq!(before - balance(&gw).await, 40_000_000);
+    reconciled(&gw).await;
+}

@@ -229,3 +229,25 @@ async fn a_model_no_channel_serves_still_gets_the_openai_answer() {
     expect_error(response, 404, "model_not_found").await;
     assert_eq!(sandbox.calls().await, 0);
 }
+
+#[tokio::test]
+async fn a_keys_requests_per_minute_bind_image_models_in_openais_shape() {
+    let (sandbox, gw) = started(uniapi_sandbox::JIMENG_SECRET_KEY).await;
+    let before = balance(&gw).await;
+    let key = limited_key(&gw, json!({"rpm": 1})).await;
+    let body = json!({"model": "jimeng-4.0", "prompt": "a cat"});
+    let first = gw.post("/v1/images/generations", &key, body.clone()).await;
+    assert_eq!(first.status(), 200);
+    let calls = sandbox.calls().await;
+    let refused = gw.post("/v1/images/generations", &key, body).await;
+    assert_eq!(refused.headers()["retry-after"], "60");
+    let error = expect_error(refused, 429, "rate_limit_exceeded").await;
+    assert_eq!(error["error"]["type"], "requests");
+    assert_eq!(
+        sandbox.calls().await,
+        calls,
+        "a refused call reached the upstream"
+    );
+    assert_eq!(before - balance(&gw).await, PER_IMAGE);
+    reconciled(&gw).await;
+}

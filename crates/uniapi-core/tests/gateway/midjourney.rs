@@ -924,3 +924,48 @@ async fn swap_face_describe_and_blend_run_to_success() {
         .unwrap();
     assert!(!kept.to_string().contains("base64,"), "{kept}");
 }
+
+#[tokio::test]
+async fn a_keys_requests_per_minute_bind_submits_and_uploads_in_the_mj_envelope() {
+    let sandbox = mj_sandbox(200).await;
+    let gw = TestGateway::start(mj_config(vec![mj_channel("mj", &sandbox, None)])).await;
+    for (path, body) in [
+        ("/mj/submit/imagine", json!({"prompt": "a harbour at dawn"})),
+        (
+            "/mj/submit/upload-discord-images",
+            json!({"base64Array": [PNG]}),
+        ),
+    ] {
+        let key = limited_key(&gw, json!({"rpm": 1, "name": path})).await;
+        let (status, first) = post(&gw, &key, path, &body, None).await;
+        assert_eq!(
+            (status, first["code"].as_i64()),
+            (200, Some(1)),
+            "{path} {first}"
+        );
+        let before = balance(&gw).await;
+        let calls = sandbox.calls().await;
+        let response = http()
+            .post(format!("{}{path}", gw.url))
+            .header("mj-api-secret", &key)
+            .json_body(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["retry-after"], "60", "{path}");
+        let (status, refused) = json_of(response).await;
+        assert_eq!(status, 429, "{path} {refused}");
+        assert_eq!(refused["code"], 4, "{path} {refused}");
+        assert!(refused["result"].is_null());
+        assert!(
+            refused["description"]
+                .as_str()
+                .unwrap()
+                .contains("1 requests per minute"),
+            "{refused}"
+        );
+        assert_eq!(balance(&gw).await, before, "{path}");
+        assert_eq!(sandbox.calls().await, calls, "{path}");
+    }
+    reconciled(&gw).await;
+}

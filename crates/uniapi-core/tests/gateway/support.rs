@@ -294,6 +294,17 @@ pub async fn user_id(gw: &TestGateway) -> i64 {
     users["data"][0]["id"].as_i64().unwrap()
 }
 
+/// A new key of the first user with the given limits (`{"rpm": 1}`, `{"max_concurrency": 1}`, ...).
+pub async fn limited_key(gw: &TestGateway, limits: Value) -> String {
+    let mut body = json!({"user_id": user_id(gw).await, "name": format!("limited {limits}")});
+    body.as_object_mut()
+        .unwrap()
+        .extend(limits.as_object().unwrap().clone());
+    let (status, key) = gw.admin(reqwest::Method::POST, "/keys", Some(body)).await;
+    assert!((200..300).contains(&status), "{key}");
+    key["key"].as_str().unwrap().to_string()
+}
+
 pub async fn balance(gw: &TestGateway) -> i64 {
     let (_, user) = gw
         .admin(

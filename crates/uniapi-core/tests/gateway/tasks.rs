@@ -383,3 +383,80 @@ async fn a_callback_to_a_private_address_is_refused_unless_allowed() {
     assert_eq!(balance(&gw).await, before);
     assert_eq!(sandbox.calls().await, 0);
 }
+
+async fn submits(sandbox: &Sandbox) -> usize {
+    sandbox
+        .journal()
+        .await
+        .iter()
+        .filter(|r| r["path"] == "/suno/submit/lyrics")
+        .count()
+}
+
+#[tokio::test]
+async fn a_keys_request_limits_bind_task_submits_and_a_refused_one_costs_nothing() {
+    let sandbox = suno_sandbox(200).await;
+    let gw = TestGateway::start(suno_config(&sandbox)).await;
+    let before = balance(&gw).await;
+    let body = json!({"prompt": "[Verse] once"});
+
+    // one request a minute: the second submit is refused in Suno's envelope, with when to retry
+    let one_a_minute = limited_key(&gw, json!({"rpm": 1})).await;
+    let (status, first) = submit(&gw, &one_a_minute, "lyrics", body.clone(), None).await;
+    assert_eq!(status, 200, "{first}");
+    let response = http()
+        .post(format!("{}/suno/submit/lyrics", gw.url))
+        .bearer_auth(&one_a_minute)
+        .json_body(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["retry-after"], "60");
+    let (status, refused) = json_of(response).await;
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (429, Some("rate_limit_exceeded")),
+        "{refused}"
+    );
+    assert!(refused["data"].is_null());
+    assert_eq!(submits(&sandbox).await, 1);
+    assert_eq!(before - balance(&gw).await, 20_000_000);
+
+    // one at a time: a submit while another is still being answered upstream is refused
+    let one_at_a_time = limited_key(&gw, json!({"max_concurrency": 1})).await;
+    sandbox.set(json!({"latency_ms": 400})).await;
+    let slow = {
+        let (gw_url, key, body) = (gw.url.clone(), one_at_a_time.clone(), body.clone());
+        tokio::spawn(async move {
+            http()
+                .post(format!("{gw_url}/suno/submit/lyrics"))
+                .bearer_auth(&key)
+                .json_body(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (status, refused) = submit(&gw, &one_at_a_time, "lyrics", body.clone(), None).await;
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (429, Some("concurrency_limit_exceeded")),
+        "{refused}"
+    );
+    assert_eq!(slow.await.unwrap(), 200);
+    sandbox.set(json!({"latency_ms": 0})).await;
+    // the slot is free again once the first submit is answered
+    let (status, again) = submit(&gw, &one_at_a_time, "lyrics", body, None).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(submits(&sandbox).await, 3);
+    assert_eq!(before - balance(&gw).await, 3 * 20_000_000);
+    let logs = gw.logs(5).await;
+    assert_eq!(
+        logs.iter().filter(|l| l["status"] == 429).count(),
+        2,
+        "{logs:?}"
+    );
+    reconciled(&gw).await;
+}
