@@ -132,15 +132,47 @@ pub fn hook_of(task: &TaskRow) -> Option<String> {
         .map(str::to_string)
 }
 
-fn client() -> &'static reqwest::Client {
-    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    CLIENT.get_or_init(|| {
-        reqwest::Client::builder()
+/// The client that delivers callbacks. Unless private targets are allowed, it resolves names itself
+/// and refuses internal addresses when it connects ([`PublicOnly`]): the check before each delivery
+/// alone would leave a window between its lookup and the connection's own.
+fn client(allow_private: bool) -> &'static reqwest::Client {
+    static GUARDED: OnceLock<reqwest::Client> = OnceLock::new();
+    static OPEN: OnceLock<reqwest::Client> = OnceLock::new();
+    let build = |guarded: bool| {
+        let builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap_or_default()
-    })
+            .timeout(Duration::from_secs(10));
+        let builder = if guarded {
+            builder.dns_resolver(PublicOnly)
+        } else {
+            builder
+        };
+        builder.build().unwrap_or_default()
+    };
+    if allow_private {
+        OPEN.get_or_init(|| build(false))
+    } else {
+        GUARDED.get_or_init(|| build(true))
+    }
+}
+
+/// A resolver that answers only with public addresses: a host that resolved to a public address when
+/// its hook was checked cannot point the connection at an internal one afterwards (DNS rebinding).
+/// Hosts written as IP addresses are never resolved; [`check_target`] refuses the internal ones.
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let addrs: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if addrs.iter().any(|a| is_internal(a.ip())) {
+                return Err("the callback host resolves to an internal address".into());
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
 }
 
 /// Delivers `task` (as it is now) to its hook in the background, if it has one.
@@ -183,7 +215,7 @@ async fn deliver(
                 continue;
             }
         }
-        let sent = client()
+        let sent = client(allow_private)
             .post(hook)
             .header("content-type", "application/json")
             .header("user-agent", "uniapi-callback")
@@ -233,6 +265,30 @@ mod tests {
         for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111"] {
             assert!(!is_internal(ip.parse().unwrap()), "{ip}");
         }
+    }
+
+    /// The guarded client does not connect to a name that resolves to an internal address, whatever
+    /// was checked before; the open one (private targets allowed) does.
+    #[tokio::test]
+    async fn the_guarded_client_never_connects_to_an_internal_address() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut buf = [0u8; 1024];
+            let _ = socket.read(&mut buf).await;
+            let _ = socket
+                .write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        });
+        let url = format!("http://localhost:{port}/hook");
+        let refused = client(false).post(&url).body("{}").send().await;
+        assert!(refused.is_err(), "{refused:?}");
+        assert!(!accepted.is_finished());
+        let delivered = client(true).post(&url).body("{}").send().await.unwrap();
+        assert_eq!(delivered.status(), 204);
+        accepted.await.unwrap();
     }
 
     #[tokio::test]
