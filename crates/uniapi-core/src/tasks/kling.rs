@@ -391,38 +391,33 @@ fn canonical(status: &str) -> &'static str {
     }
 }
 
-enum Queried {
-    Seen(Observed),
-    RateLimited(u64),
-    Missed(String),
-}
-
-async fn query(state: &AppState, channel: &Channel, task: &TaskRow) -> Queried {
-    let Some(key) = channel.pick_key() else {
-        return Queried::Missed("no enabled upstream key".into());
+/// One task's query upstream (its action and upstream id, with the channel's base URL and a key):
+/// what it shows, or why it could not be seen.
+async fn query(
+    state: AppState,
+    base_url: String,
+    secret: String,
+    action: String,
+    upstream_id: String,
+) -> Result<Observed, PollOutcome> {
+    let Some(path) = path_of(&action) else {
+        return Err(PollOutcome::Failed(format!(
+            "unknown Kling action `{action}`"
+        )));
     };
-    let Some(path) = path_of(&task.action) else {
-        return Queried::Missed(format!("unknown Kling action `{}`", task.action));
-    };
-    let (url, authorization) = upstream_target(
-        &channel.base_url,
-        &key.secret,
-        &format!("{path}/{}", task.upstream_id),
-    );
+    let (url, authorization) =
+        upstream_target(&base_url, &secret, &format!("{path}/{upstream_id}"));
     let request = state
         .upstream
         .client
         .get(url)
         .header(header::AUTHORIZATION, authorization);
-    let answer = match super::poll_json(request, super::POLL_TIMEOUT).await {
-        Ok(answer) => answer,
-        Err(PollOutcome::RateLimited(seconds)) => return Queried::RateLimited(seconds),
-        Err(PollOutcome::Failed(reason)) => return Queried::Missed(reason),
-        Err(PollOutcome::Observed(_)) => return Queried::Missed("no answer".into()),
-    };
+    let answer = super::poll_json(request, super::POLL_TIMEOUT).await?;
     let data = &answer["data"];
     let Some(status) = data["task_status"].as_str() else {
-        return Queried::Missed("the upstream's query answer has no task_status".into());
+        return Err(PollOutcome::Failed(
+            "the upstream's query answer has no task_status".into(),
+        ));
     };
     let state = canonical(status);
     let progress = match state {
@@ -433,8 +428,8 @@ async fn query(state: &AppState, channel: &Channel, task: &TaskRow) -> Queried {
             .unwrap_or_else(|| "50%".into()),
         _ => "0%".into(),
     };
-    Queried::Seen(Observed {
-        upstream_id: task.upstream_id.clone(),
+    Ok(Observed {
+        upstream_id,
         state,
         progress,
         result: data
@@ -454,27 +449,19 @@ async fn query(state: &AppState, channel: &Channel, task: &TaskRow) -> Queried {
 
 /// Queries every due task of a channel upstream, a few at a time (Kling has no batch query).
 pub async fn poll(state: &AppState, channel: &Channel, tasks: &[TaskRow]) -> PollOutcome {
-    let mut answers: Vec<Queried> = Vec::with_capacity(tasks.len());
-    for batch in tasks.chunks(POLL_CONCURRENCY) {
-        let queries = batch.iter().map(|task| query(state, channel, task));
-        answers.extend(futures_util::future::join_all(queries).await);
-    }
-    let mut seen = Vec::new();
-    let mut rate_limited = None;
-    let mut missed = None;
-    for answer in answers {
-        match answer {
-            Queried::Seen(observed) => seen.push(observed),
-            Queried::RateLimited(secs) => rate_limited = Some(secs),
-            Queried::Missed(reason) => missed = Some(reason),
-        }
-    }
-    match (seen.is_empty(), rate_limited, missed) {
-        (false, _, _) => PollOutcome::Observed(seen),
-        (true, Some(secs), _) => PollOutcome::RateLimited(secs),
-        (true, None, Some(reason)) => PollOutcome::Failed(reason),
-        (true, None, None) => PollOutcome::Observed(seen),
-    }
+    let Some(key) = channel.pick_key() else {
+        return PollOutcome::Failed("no enabled upstream key".into());
+    };
+    super::poll_each(tasks, POLL_CONCURRENCY, |task| {
+        query(
+            state.clone(),
+            channel.base_url.clone(),
+            key.secret.clone(),
+            task.action.clone(),
+            task.upstream_id.clone(),
+        )
+    })
+    .await
 }
 
 /// The request the admin channel test sends: a query of a task id that cannot exist, signed like
