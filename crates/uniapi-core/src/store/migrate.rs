@@ -25,6 +25,11 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0003_tasks.sql"),
         postgres: include_str!("../../migrations/postgres/0003_tasks.sql"),
     },
+    Migration {
+        version: 4,
+        sqlite: include_str!("../../migrations/sqlite/0004_callbacks.sql"),
+        postgres: include_str!("../../migrations/postgres/0004_callbacks.sql"),
+    },
 ];
 
 /// Splits a migration file into statements (the files hold no `;` inside strings or bodies).

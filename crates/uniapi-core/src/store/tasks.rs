@@ -120,6 +120,8 @@ pub struct TaskChange {
     pub next_poll_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+    /// The change owes a callback: the task's hook must hear of it, even across a restart.
+    pub owes_callback: bool,
 }
 
 impl Store {
@@ -238,11 +240,31 @@ impl Store {
             "UPDATE tasks SET state = $1, progress = $2, result = COALESCE($3, result), raw = COALESCE($4, raw), \
              fail_reason = COALESCE($5, fail_reason), refunded = $6, next_poll_at = $7, \
              started_at = COALESCE(started_at, $8), finished_at = COALESCE(finished_at, $9), polls = polls + 1, \
-             version = version + 1, updated_at = $10 WHERE id = $11 AND version = $12")
+             version = version + 1, updated_at = $10, \
+             callback_due = CASE WHEN $13 = 1 THEN version + 1 ELSE callback_due END \
+             WHERE id = $11 AND version = $12")
             .bind(&change.state).bind(&change.progress).bind(text(&change.result)).bind(text(&change.raw))
             .bind(&change.fail_reason).bind(i64::from(change.refunded)).bind(change.next_poll_at)
             .bind(change.started_at).bind(change.finished_at).bind(now_ms()).bind(id).bind(version)
+            .bind(i64::from(change.owes_callback))
             .execute(pool).await?.rows_affected());
         Ok(n == 1)
+    }
+
+    /// Tasks whose last callback was not delivered, given up or refused yet, with the version that
+    /// owes it: the deliveries to resume when a gateway starts.
+    pub async fn callbacks_due(&self, limit: i64) -> StoreResult<Vec<(String, i64)>> {
+        let rows: Vec<(String, i64)> = with_pool!(self, pool => sqlx::query_as(
+            "SELECT id, callback_due FROM tasks WHERE callback_due > 0 ORDER BY updated_at LIMIT $1")
+            .bind(limit.max(1)).fetch_all(pool).await?);
+        Ok(rows)
+    }
+
+    /// The delivery owed by version `due` of a task ended (delivered, refused or given up); a later
+    /// change's delivery, if one is owed, stays owed.
+    pub async fn callback_done(&self, id: &str, due: i64) -> StoreResult<()> {
+        with_pool!(self, pool => sqlx::query("UPDATE tasks SET callback_due = 0 WHERE id = $1 AND callback_due = $2")
+            .bind(id).bind(due).execute(pool).await?.rows_affected());
+        Ok(())
     }
 }

@@ -175,19 +175,45 @@ impl reqwest::dns::Resolve for PublicOnly {
     }
 }
 
-/// Delivers `task` (as it is now) to its hook in the background, if it has one.
-pub fn notify(state: &AppState, task: &TaskRow) {
-    let Some(hook) = hook_of(task) else {
-        return;
-    };
+/// Delivers `task` (as it is now) to its hook in the background, for the change that made version
+/// `due` (which owes it in the store); when the delivery ends, however it ends, the store says so.
+pub fn notify(state: &AppState, task: &TaskRow, due: i64) {
     let body = super::render(task);
+    let hook = hook_of(task);
     let attempts = state.config.tasks.callback_attempts.max(1);
     let allow_private = state.config.tasks.allow_private_callbacks;
     let first_pause = Duration::from_millis(state.config.tasks.callback_backoff_ms.max(10));
     let id = task.id.clone();
+    let store = state.store.clone();
     tokio::spawn(async move {
-        deliver(&id, &hook, &body, attempts, allow_private, first_pause).await;
+        if let Some(hook) = hook {
+            deliver(&id, &hook, &body, attempts, allow_private, first_pause).await;
+        }
+        if let Err(e) = store.callback_done(&id, due).await {
+            tracing::warn!(task = %id, error = %e, "could not record a finished callback");
+        }
     });
+}
+
+/// Resumes the callbacks still owed when the gateway stopped (a delivery in flight or waiting for
+/// its next attempt): each task's hook gets the task as it is now.
+pub async fn resume(state: &AppState) {
+    let due = match state.store.callbacks_due(10_000).await {
+        Ok(due) => due,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the callbacks owed");
+            return;
+        }
+    };
+    for (id, version) in due {
+        match state.store.task(&id).await {
+            Ok(Some(task)) => notify(state, &task, version),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(task = %id, error = %e, "could not read a task owing a callback")
+            }
+        }
+    }
 }
 
 async fn deliver(

@@ -142,6 +142,7 @@ pub async fn apply(state: &AppState, task: &TaskRow, seen: &Observed) {
         next_poll_at: now + next_poll_delay(now - task.created_at),
         started_at: (seen.state != SUBMITTED && seen.state != QUEUED).then_some(now),
         finished_at: finished.then_some(now),
+        owes_callback: false,
     };
     settle(state, task, change).await;
 }
@@ -161,17 +162,19 @@ pub async fn fail(state: &AppState, task: &TaskRow, reason: &str) {
     settle(state, task, change).await;
 }
 
-async fn settle(state: &AppState, task: &TaskRow, change: TaskChange) {
+async fn settle(state: &AppState, task: &TaskRow, mut change: TaskChange) {
     let refund = change.refunded && !task.refunded;
+    let moved = change.state != task.state || change.progress != task.progress;
+    // owed in the same write as the change, so that a restart before the delivery resumes it
+    change.owes_callback = moved && callback::hook_of(task).is_some();
     match state
         .store
         .update_task(&task.id, task.version, &change)
         .await
     {
         Ok(true) => {
-            let moved = change.state != task.state || change.progress != task.progress;
-            if moved {
-                callback::notify(state, &task.with_change(&change));
+            if change.owes_callback {
+                callback::notify(state, &task.with_change(&change), task.version + 1);
             }
             if refund {
                 state
@@ -220,6 +223,7 @@ async fn reschedule(state: &AppState, task: &TaskRow, at: i64) {
 /// Runs the poller until the process stops: due tasks, grouped by channel, polled concurrently per
 /// channel in the family's batch form.
 pub async fn poll_forever(state: AppState) {
+    callback::resume(&state).await;
     let interval = Duration::from_millis(state.config.tasks.poll_interval_ms.max(50));
     loop {
         tokio::time::sleep(interval).await;

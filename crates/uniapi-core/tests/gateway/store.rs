@@ -375,3 +375,81 @@ async fn sqlite_keeps_temporary_files_in_memory() {
         assert_eq!(mode, 2, "temp_store = MEMORY");
     }
 }
+
+/// A task's owed callback on every backend: owed with the change that moved it, kept through changes
+/// that do not owe one, cleared only by the end of the delivery that version owes.
+#[tokio::test]
+async fn an_owed_callback_is_kept_until_its_own_delivery_ends() {
+    use uniapi_core::store::tasks::{TaskChange, TaskRow};
+    for (backend, url) in stores().await {
+        let store = Store::connect(&url, 2).await.unwrap();
+        let task = TaskRow {
+            id: "task_cb".into(),
+            user_id: 1,
+            key_id: 1,
+            family: "suno".into(),
+            action: "MUSIC".into(),
+            price_name: "suno_music".into(),
+            channel_id: 1,
+            upstream_id: "up-1".into(),
+            state: "SUBMITTED".into(),
+            progress: "0%".into(),
+            result: None,
+            raw: None,
+            fail_reason: None,
+            charged_nano: 0,
+            refunded: false,
+            idempotency_key: None,
+            request: Some(serde_json::json!({"notify_hook": "https://client.example/hook"})),
+            version: 0,
+            polls: 0,
+            next_poll_at: 0,
+            created_at: 0,
+            started_at: None,
+            finished_at: None,
+            updated_at: 0,
+        };
+        store.insert_task(&task).await.unwrap();
+        assert!(
+            store.callbacks_due(10).await.unwrap().is_empty(),
+            "{backend}"
+        );
+        let change = |state: &str, owes_callback: bool| TaskChange {
+            state: state.into(),
+            progress: "50%".into(),
+            owes_callback,
+            ..Default::default()
+        };
+        let owed = |version: i64| vec![("task_cb".to_string(), version)];
+        assert!(
+            store
+                .update_task("task_cb", 0, &change("IN_PROGRESS", true))
+                .await
+                .unwrap()
+        );
+        assert_eq!(store.callbacks_due(10).await.unwrap(), owed(1), "{backend}");
+        // a poll that moved nothing keeps what is owed
+        assert!(
+            store
+                .update_task("task_cb", 1, &change("IN_PROGRESS", false))
+                .await
+                .unwrap()
+        );
+        assert_eq!(store.callbacks_due(10).await.unwrap(), owed(1), "{backend}");
+        // a later change owes its own delivery; the end of the earlier one does not clear it
+        assert!(
+            store
+                .update_task("task_cb", 2, &change("SUCCESS", true))
+                .await
+                .unwrap()
+        );
+        assert_eq!(store.callbacks_due(10).await.unwrap(), owed(3), "{backend}");
+        store.callback_done("task_cb", 1).await.unwrap();
+        assert_eq!(store.callbacks_due(10).await.unwrap(), owed(3), "{backend}");
+        store.callback_done("task_cb", 3).await.unwrap();
+        assert!(
+            store.callbacks_due(10).await.unwrap().is_empty(),
+            "{backend}"
+        );
+    }
+}

@@ -460,3 +460,88 @@ async fn a_keys_request_limits_bind_task_submits_and_a_refused_one_costs_nothing
     );
     reconciled(&gw).await;
 }
+
+/// A callback receiver that holds every delivery unanswered until it is opened, then records them.
+struct HeldReceiver {
+    url: String,
+    arrived: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl HeldReceiver {
+    async fn start() -> HeldReceiver {
+        use std::sync::atomic::Ordering;
+        let (arrived, open, bodies) = (
+            std::sync::Arc::<std::sync::atomic::AtomicUsize>::default(),
+            std::sync::Arc::<std::sync::atomic::AtomicBool>::default(),
+            std::sync::Arc::<std::sync::Mutex<Vec<Value>>>::default(),
+        );
+        let (a, o, b) = (arrived.clone(), open.clone(), bodies.clone());
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let (a, o, b) = (a.clone(), o.clone(), b.clone());
+                async move {
+                    a.fetch_add(1, Ordering::SeqCst);
+                    if !o.load(Ordering::SeqCst) {
+                        std::future::pending::<()>().await;
+                    }
+                    b.lock()
+                        .unwrap()
+                        .push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+                    axum::http::StatusCode::OK
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        HeldReceiver {
+            url,
+            arrived,
+            open,
+            bodies,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_callback_owed_when_the_gateway_stops_is_delivered_after_it_starts_again() {
+    use std::sync::atomic::Ordering;
+    let sandbox = suno_sandbox(200).await;
+    let receiver = HeldReceiver::start().await;
+    let mut cfg = suno_config(&sandbox);
+    allow_local_callbacks(&mut cfg);
+    let gw = TestGateway::start(cfg.clone()).await;
+    let body = json!({"prompt": "la la la", "notify_hook": receiver.url});
+    let (status, answer) = submit(&gw, USER_KEY, "lyrics", body, None).await;
+    assert_eq!(status, 200, "{answer}");
+    let id = answer["data"].as_str().unwrap().to_string();
+    until_done(&gw, &id).await;
+    // a delivery reached the receiver and hangs there, unanswered, as the gateway stops
+    for _ in 0..100 {
+        if receiver.arrived.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(receiver.arrived.load(Ordering::SeqCst) > 0);
+    gw.stop().await;
+    receiver.open.store(true, Ordering::SeqCst);
+    let gw = TestGateway::start(cfg).await;
+    let mut delivered = Vec::new();
+    for _ in 0..100 {
+        delivered = receiver.bodies.lock().unwrap().clone();
+        if !delivered.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+    assert_eq!(delivered[0]["task_id"], id.as_str());
+    assert_eq!(delivered[0]["status"], "SUCCESS", "{:?}", delivered[0]);
+    // delivered: nothing is owed any more, so a third start sends nothing
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(gw.state.store.callbacks_due(10).await.unwrap().is_empty());
+}
