@@ -252,11 +252,11 @@ impl Store {
     }
 
     /// Tasks whose last callback was not delivered, given up or refused yet, with the version that
-    /// owes it: the deliveries to resume when a gateway starts.
-    pub async fn callbacks_due(&self, limit: i64) -> StoreResult<Vec<(String, i64)>> {
+    /// owes it, by id after `after` (a page): the deliveries to resume when a gateway starts.
+    pub async fn callbacks_due(&self, after: &str, limit: i64) -> StoreResult<Vec<(String, i64)>> {
         let rows: Vec<(String, i64)> = with_pool!(self, pool => sqlx::query_as(
-            "SELECT id, callback_due FROM tasks WHERE callback_due > 0 ORDER BY updated_at LIMIT $1")
-            .bind(limit.max(1)).fetch_all(pool).await?);
+            "SELECT id, callback_due FROM tasks WHERE callback_due > 0 AND id > $1 ORDER BY id LIMIT $2")
+            .bind(after).bind(limit.max(1)).fetch_all(pool).await?);
         Ok(rows)
     }
 

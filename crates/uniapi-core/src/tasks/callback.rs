@@ -198,20 +198,28 @@ pub fn notify(state: &AppState, task: &TaskRow, due: i64) {
 /// Resumes the callbacks still owed when the gateway stopped (a delivery in flight or waiting for
 /// its next attempt): each task's hook gets the task as it is now.
 pub async fn resume(state: &AppState) {
-    let due = match state.store.callbacks_due(10_000).await {
-        Ok(due) => due,
-        Err(e) => {
-            tracing::warn!(error = %e, "could not read the callbacks owed");
-            return;
-        }
-    };
-    for (id, version) in due {
-        match state.store.task(&id).await {
-            Ok(Some(task)) => notify(state, &task, version),
-            Ok(None) => {}
+    const PAGE: i64 = 500;
+    let mut after = String::new();
+    loop {
+        let due = match state.store.callbacks_due(&after, PAGE).await {
+            Ok(due) => due,
             Err(e) => {
-                tracing::warn!(task = %id, error = %e, "could not read a task owing a callback")
+                tracing::warn!(error = %e, "could not read the callbacks owed");
+                return;
             }
+        };
+        for (id, version) in &due {
+            match state.store.task(id).await {
+                Ok(Some(task)) => notify(state, &task, *version),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(task = %id, error = %e, "could not read a task owing a callback")
+                }
+            }
+        }
+        match due.last() {
+            Some((last, _)) if due.len() as i64 == PAGE => after = last.clone(),
+            _ => return,
         }
     }
 }

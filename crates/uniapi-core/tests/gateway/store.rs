@@ -411,7 +411,7 @@ async fn an_owed_callback_is_kept_until_its_own_delivery_ends() {
         };
         store.insert_task(&task).await.unwrap();
         assert!(
-            store.callbacks_due(10).await.unwrap().is_empty(),
+            store.callbacks_due("", 10).await.unwrap().is_empty(),
             "{backend}"
         );
         let change = |state: &str, owes_callback: bool| TaskChange {
@@ -427,7 +427,16 @@ async fn an_owed_callback_is_kept_until_its_own_delivery_ends() {
                 .await
                 .unwrap()
         );
-        assert_eq!(store.callbacks_due(10).await.unwrap(), owed(1), "{backend}");
+        assert_eq!(
+            store.callbacks_due("", 10).await.unwrap(),
+            owed(1),
+            "{backend}"
+        );
+        // pages go by id: nothing after this task
+        assert!(
+            store.callbacks_due("task_cb", 10).await.unwrap().is_empty(),
+            "{backend}"
+        );
         // a poll that moved nothing keeps what is owed
         assert!(
             store
@@ -435,7 +444,11 @@ async fn an_owed_callback_is_kept_until_its_own_delivery_ends() {
                 .await
                 .unwrap()
         );
-        assert_eq!(store.callbacks_due(10).await.unwrap(), owed(1), "{backend}");
+        assert_eq!(
+            store.callbacks_due("", 10).await.unwrap(),
+            owed(1),
+            "{backend}"
+        );
         // a later change owes its own delivery; the end of the earlier one does not clear it
         assert!(
             store
@@ -443,12 +456,20 @@ async fn an_owed_callback_is_kept_until_its_own_delivery_ends() {
                 .await
                 .unwrap()
         );
-        assert_eq!(store.callbacks_due(10).await.unwrap(), owed(3), "{backend}");
+        assert_eq!(
+            store.callbacks_due("", 10).await.unwrap(),
+            owed(3),
+            "{backend}"
+        );
         store.callback_done("task_cb", 1).await.unwrap();
-        assert_eq!(store.callbacks_due(10).await.unwrap(), owed(3), "{backend}");
+        assert_eq!(
+            store.callbacks_due("", 10).await.unwrap(),
+            owed(3),
+            "{backend}"
+        );
         store.callback_done("task_cb", 3).await.unwrap();
         assert!(
-            store.callbacks_due(10).await.unwrap().is_empty(),
+            store.callbacks_due("", 10).await.unwrap().is_empty(),
             "{backend}"
         );
     }

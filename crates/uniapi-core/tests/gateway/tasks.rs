@@ -543,5 +543,12 @@ async fn a_callback_owed_when_the_gateway_stops_is_delivered_after_it_starts_aga
     assert_eq!(delivered[0]["status"], "SUCCESS", "{:?}", delivered[0]);
     // delivered: nothing is owed any more, so a third start sends nothing
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(gw.state.store.callbacks_due(10).await.unwrap().is_empty());
+    assert!(
+        gw.state
+            .store
+            .callbacks_due("", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
