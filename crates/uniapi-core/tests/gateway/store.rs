@@ -410,67 +410,57 @@ async fn an_owed_callback_is_kept_until_its_own_delivery_ends() {
             updated_at: 0,
         };
         store.insert_task(&task).await.unwrap();
+        // each step: a change at a version (its state, whether it owes a callback) or the end of the
+        // delivery a version owed; then the version still owed, if any
+        enum Step {
+            Change(i64, &'static str, bool),
+            Done(i64),
+        }
+        let steps = [
+            (Step::Change(0, "IN_PROGRESS", true), Some(1)),
+            // a poll that moved nothing keeps what is owed
+            (Step::Change(1, "IN_PROGRESS", false), Some(1)),
+            // a later change owes its own delivery; the end of the earlier one does not clear it
+            (Step::Change(2, "SUCCESS", true), Some(3)),
+            (Step::Done(1), Some(3)),
+            (Step::Done(3), None),
+        ];
         assert!(
             store.callbacks_due("", 10).await.unwrap().is_empty(),
             "{backend}"
         );
-        let change = |state: &str, owes_callback: bool| TaskChange {
-            state: state.into(),
-            progress: "50%".into(),
-            owes_callback,
-            ..Default::default()
-        };
-        let owed = |version: i64| vec![("task_cb".to_string(), version)];
-        assert!(
-            store
-                .update_task("task_cb", 0, &change("IN_PROGRESS", true))
-                .await
-                .unwrap()
-        );
-        assert_eq!(
-            store.callbacks_due("", 10).await.unwrap(),
-            owed(1),
-            "{backend}"
-        );
-        // pages go by id: nothing after this task
-        assert!(
-            store.callbacks_due("task_cb", 10).await.unwrap().is_empty(),
-            "{backend}"
-        );
-        // a poll that moved nothing keeps what is owed
-        assert!(
-            store
-                .update_task("task_cb", 1, &change("IN_PROGRESS", false))
-                .await
-                .unwrap()
-        );
-        assert_eq!(
-            store.callbacks_due("", 10).await.unwrap(),
-            owed(1),
-            "{backend}"
-        );
-        // a later change owes its own delivery; the end of the earlier one does not clear it
-        assert!(
-            store
-                .update_task("task_cb", 2, &change("SUCCESS", true))
-                .await
-                .unwrap()
-        );
-        assert_eq!(
-            store.callbacks_due("", 10).await.unwrap(),
-            owed(3),
-            "{backend}"
-        );
-        store.callback_done("task_cb", 1).await.unwrap();
-        assert_eq!(
-            store.callbacks_due("", 10).await.unwrap(),
-            owed(3),
-            "{backend}"
-        );
-        store.callback_done("task_cb", 3).await.unwrap();
-        assert!(
-            store.callbacks_due("", 10).await.unwrap().is_empty(),
-            "{backend}"
-        );
+        for (step, owed) in steps {
+            match step {
+                Step::Change(version, state, owes_callback) => {
+                    let change = TaskChange {
+                        state: state.into(),
+                        progress: "50%".into(),
+                        owes_callback,
+                        ..Default::default()
+                    };
+                    assert!(
+                        store
+                            .update_task("task_cb", version, &change)
+                            .await
+                            .unwrap()
+                    );
+                }
+                Step::Done(version) => store.callback_done("task_cb", version).await.unwrap(),
+            }
+            let expected: Vec<(String, i64)> = owed
+                .map(|v| ("task_cb".to_string(), v))
+                .into_iter()
+                .collect();
+            assert_eq!(
+                store.callbacks_due("", 10).await.unwrap(),
+                expected,
+                "{backend}"
+            );
+            // pages go by id: nothing after this task
+            assert!(
+                store.callbacks_due("task_cb", 10).await.unwrap().is_empty(),
+                "{backend}"
+            );
+        }
     }
 }
