@@ -2,7 +2,9 @@
 //! It is rebuilt from the store after every change and swapped in atomically; channel health lives
 //! outside it so that a rebuild keeps cool-downs.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
+
+use foldhash::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicUsize, Ordering};
 
@@ -512,8 +514,8 @@ impl Catalog {
             })
             .collect();
         let mut all = Vec::new();
-        let mut by_model: HashMap<String, Vec<Arc<Channel>>> = HashMap::new();
-        let mut by_kind: HashMap<ChannelKind, Vec<Arc<Channel>>> = HashMap::new();
+        let mut by_model: HashMap<String, Vec<Arc<Channel>>> = HashMap::default();
+        let mut by_kind: HashMap<ChannelKind, Vec<Arc<Channel>>> = HashMap::default();
         for row in channels {
             let Ok(kind) = ChannelKind::parse(&row.kind) else {
                 tracing::warn!(channel = %row.name, kind = %row.kind, "skipping a channel of an unsupported kind");

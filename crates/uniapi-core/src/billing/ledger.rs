@@ -3,7 +3,7 @@
 //! entries are written to SQL behind, in batches, and applied to the stored balances exactly once
 //! (the entry id is the primary key). A user's balance and a key's cap never go below zero.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde::Serialize;
@@ -209,7 +209,7 @@ impl Balances for MemoryBalances {
             let account = accounts.entry(opening.user_id).or_insert_with(|| {
                 Arc::new(Mutex::new(Account {
                     standing: opening.standing,
-                    keys: HashMap::new(),
+                    keys: HashMap::default(),
                 }))
             });
             let mut account = lock(account);

@@ -1,7 +1,7 @@
 //! Per-key limits on the request path: requests and tokens per minute (token buckets that refill
 //! continuously, like OpenAI's) and concurrent requests. State is in memory, keyed by key id.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;

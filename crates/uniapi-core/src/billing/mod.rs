@@ -106,10 +106,37 @@ pub fn charge(price: &Price, units: Units, basis: Basis) -> Charge {
 
 /// Nano-USD as the decimal USD string of the `x-uniapi-cost-usd` header (exact, nine decimals).
 pub fn usd_string(nano: i64) -> String {
-    let sign = if nano < 0 { "-" } else { "" };
-    let n = nano.unsigned_abs();
-    format!("{sign}{}.{:09}", n / 1_000_000_000, n % 1_000_000_000)
+    let mut buf = [0u8; USD_MAX];
+    String::from_utf8_lossy(usd_digits(nano, &mut buf)).into_owned()
 }
+
+/// The same decimal as [`usd_string`], written into `buf` without `format!` (the `x-uniapi-cost-usd`
+/// header of every answer: formatting cost ~1.2k instructions a request, measured with callgrind).
+pub fn usd_digits(nano: i64, buf: &mut [u8; USD_MAX]) -> &[u8] {
+    let mut n = nano.unsigned_abs();
+    let mut at = USD_MAX;
+    // nine decimals, then the point, then the whole dollars (at least one digit)
+    for i in 0.. {
+        if i == 9 {
+            at -= 1;
+            buf[at] = b'.';
+        }
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 && i >= 9 {
+            break;
+        }
+    }
+    if nano < 0 {
+        at -= 1;
+        buf[at] = b'-';
+    }
+    &buf[at..]
+}
+
+/// Room for the longest [`usd_digits`]: `i64::MIN` is a sign, 19 digits and the point (21 bytes).
+pub const USD_MAX: usize = 22;
 
 #[cfg(test)]
 mod tests {
@@ -191,9 +218,21 @@ mod tests {
         assert_eq!(usd_string(1), "0.000000001");
         assert_eq!(usd_string(1_234_567_891), "1.234567891");
         assert_eq!(usd_string(0), "0.000000000");
+        assert_eq!(usd_string(-5), "-0.000000005");
+        assert_eq!(usd_string(-1_000_000_000), "-1.000000000");
+        assert_eq!(usd_string(i64::MAX), "9223372036.854775807");
+        assert_eq!(usd_string(i64::MIN), "-9223372036.854775808");
     }
 
     proptest! {
+        /// The hand-written digits say what `format!` would.
+        #[test]
+        fn usd_digits_match_format(nano in any::<i64>()) {
+            let sign = if nano < 0 { "-" } else { "" };
+            let n = nano.unsigned_abs();
+            prop_assert_eq!(usd_string(nano), format!("{sign}{}.{:09}", n / 1_000_000_000, n % 1_000_000_000));
+        }
+
         /// No drift: a cost is within one nano of the exact rational value, and splitting the output of one request
         /// into two captures never charges less than the sum rounded once (each capture rounds up at most once).
         #[test]

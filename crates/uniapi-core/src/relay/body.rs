@@ -67,7 +67,15 @@ fn content_type(headers: &HeaderMap) -> Option<&str> {
 pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     match content_type(headers) {
         None => Ok(()),
-        Some(ct) if ct.to_ascii_lowercase().contains("json") => Ok(()),
+        // any `json` in the type, in any case, without a lowered copy of it
+        Some(ct)
+            if ct
+                .as_bytes()
+                .windows(4)
+                .any(|w| w.eq_ignore_ascii_case(b"json")) =>
+        {
+            Ok(())
+        }
         Some(_) => Err(ApiError::unsupported_media_type("application/json")),
     }
 }
@@ -424,6 +432,33 @@ fn escape_quoted(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_routes_take_any_json_type_in_any_case() {
+        let with = |ct: Option<&str>| {
+            let mut headers = HeaderMap::new();
+            if let Some(ct) = ct {
+                headers.insert(header::CONTENT_TYPE, ct.parse().unwrap());
+            }
+            require_json(&headers).map_err(|e| e.status)
+        };
+        // as some clients send it: no type at all
+        assert_eq!(with(None), Ok(()));
+        for taken in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/vnd.api+Json",
+        ] {
+            assert_eq!(with(Some(taken)), Ok(()), "{taken}");
+        }
+        for refused in ["text/plain", "application/jso", "application/js-on", ""] {
+            assert_eq!(
+                with(Some(refused)),
+                Err(axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE),
+                "{refused}"
+            );
+        }
+    }
 
     #[test]
     fn model_is_spliced_without_touching_other_bytes() {

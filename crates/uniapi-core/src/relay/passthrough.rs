@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 
 use crate::billing::bill::Bill;
 use crate::billing::meter::StreamMeter;
-use crate::billing::{Charge, usd_string};
+use crate::billing::{Charge, USD_MAX, usd_digits};
 use crate::reqlog::LogSink;
 use crate::store::logs::{JsonText, RequestLog};
 use crate::upstream::{BodyError, UpstreamBody};
@@ -399,7 +399,8 @@ pub async fn respond(
         log.latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         sink.record(log);
     }
-    if let Ok(value) = axum::http::HeaderValue::from_str(&usd_string(cost_nano)) {
+    let mut digits = [0u8; USD_MAX];
+    if let Ok(value) = axum::http::HeaderValue::from_bytes(usd_digits(cost_nano, &mut digits)) {
         headers.insert(
             axum::http::HeaderName::from_static("x-uniapi-cost-usd"),
             value,
