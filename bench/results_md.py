@@ -72,11 +72,14 @@ def main() -> int:
             "",
             "Not a timing: counted instructions, repeatable whatever else the machine does.",
             "",
-            "| | chat JSON | stream (16 chunks) |",
-            "|---|---|---|",
-            f"| uniapi | {u['chat_instructions_per_request']:,} | {u['stream_instructions_per_request']:,} |",
-            f"| nginx proxy | {n['chat_instructions_per_request']:,} | {n['stream_instructions_per_request']:,} |",
-            f"| ratio | {cg['chat_uniapi_vs_nginx']:.1f}× | {cg['stream_uniapi_vs_nginx']:.1f}× |",
+            "| | chat JSON | stream (16 chunks) | embeddings |",
+            "|---|---|---|---|",
+            *(f"| {who} | {c['chat_instructions_per_request']:,} | {c['stream_instructions_per_request']:,} | "
+              f"{c['embed_instructions_per_request']:,} |" if "embed_instructions_per_request" in c else
+              f"| {who} | {c['chat_instructions_per_request']:,} | {c['stream_instructions_per_request']:,} | — |"
+              for who, c in (("uniapi", u), ("nginx proxy", n))),
+            f"| ratio | {cg['chat_uniapi_vs_nginx']:.1f}× | {cg['stream_uniapi_vs_nginx']:.1f}× | "
+            + (f"{cg['embed_uniapi_vs_nginx']:.1f}× |" if "embed_uniapi_vs_nginx" in cg else "— |"),
             "",
             "What each change bought is in `bench/README.md` (\"Instructions per request\").",
             "",

@@ -664,6 +664,7 @@ def bench_target(t: Target, args, work: Path, oha: str | None) -> dict:
     chat_url = t.url + "/v1/chat/completions"
     chat_lua = wrk_script(work, t.name + "-chat", t.headers, CHAT_BODY)
     stream_lua = wrk_script(work, t.name + "-stream", t.headers, STREAM_BODY)
+    embed_lua = wrk_script(work, t.name + "-embed", t.headers, EMBED_BODY)
     secs = args.seconds
     r: dict = {}
     errors = 0
@@ -701,6 +702,17 @@ def bench_target(t: Target, args, work: Path, oha: str | None) -> dict:
         log(f"  {t.name}: {rate} req/s: p50 {o['p50_ms']:.3f} p90 {o['p90_ms']:.3f} p99 {o['p99_ms']:.3f} ms"
             f" ({o['errors']} errors)")
 
+    # embeddings: the other request shape the upstream serves (priced by input tokens, no output)
+    pids = t.pids()
+    cpu0 = cpu_seconds(pids)
+    w = run_wrk(t.url + "/v1/embeddings", embed_lua, 32, secs)
+    cpu1 = cpu_seconds(t.pids())
+    r["embed_rps_c32"] = w["rps"]
+    if t.proc:
+        r["cpu_s_per_1k_embed_c32"] = (cpu1 - cpu0) / max(1, w["requests"]) * 1000
+    errors += w["errors"]
+    log(f"  {t.name}: embeddings c32: {w['rps']:.0f} req/s ({w['errors']} errors)")
+
     if t.no_stream is None:
         w = run_wrk(chat_url, stream_lua, 32, secs)
         r["stream_rps_c32"] = w["rps"]
@@ -724,14 +736,15 @@ def bench_target(t: Target, args, work: Path, oha: str | None) -> dict:
 # instruction counts (valgrind --tool=callgrind): repeatable whatever else the machine is doing
 
 
-def keepalive_requests(url: str, headers: dict[str, str], body: str, n: int) -> int:
+def keepalive_requests(url: str, headers: dict[str, str], body: str, n: int,
+                       path: str = "/v1/chat/completions") -> int:
     """Sends `n` POSTs on one keep-alive connection; returns how many answered 200."""
     import http.client
     host, port = url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=60)
     ok = 0
     for _ in range(n):
-        conn.request("POST", "/v1/chat/completions", body=body, headers={**headers, "Content-Type": "application/json"})
+        conn.request("POST", path, body=body, headers={**headers, "Content-Type": "application/json"})
         resp = conn.getresponse()
         resp.read()
         ok += resp.status == 200
@@ -764,10 +777,12 @@ def profile(binary: Path, nginx: str, work: Path, n: int) -> dict:
             try:
                 keepalive_requests(t.url, t.headers, CHAT_BODY, 200)
                 figures = {}
-                for kind, body, count in (("chat", CHAT_BODY, n), ("stream", STREAM_BODY, max(1, n // 4))):
+                for kind, path, body, count in (("chat", "/v1/chat/completions", CHAT_BODY, n),
+                                                ("stream", "/v1/chat/completions", STREAM_BODY, max(1, n // 4)),
+                                                ("embed", "/v1/embeddings", EMBED_BODY, n)):
                     for pid in t.pids():
                         subprocess.run(["callgrind_control", "-i", "on", str(pid)], capture_output=True)
-                    ok = keepalive_requests(t.url, t.headers, body, count)
+                    ok = keepalive_requests(t.url, t.headers, body, count, path)
                     for pid in t.pids():
                         subprocess.run(["callgrind_control", "-i", "off", str(pid)], capture_output=True)
                         subprocess.run(["callgrind_control", "-d", kind, str(pid)], capture_output=True)
@@ -793,7 +808,7 @@ def profile(binary: Path, nginx: str, work: Path, n: int) -> dict:
                 out[name] = figures
             finally:
                 t.proc.stop()
-        for kind in ("chat", "stream"):
+        for kind in ("chat", "stream", "embed"):
             k = f"{kind}_instructions_per_request"
             out[f"{kind}_uniapi_vs_nginx"] = out["uniapi"][k] / max(1, out["nginx"][k])
     finally:
@@ -867,9 +882,9 @@ def soak(t: Target, oha: str | None, work: Path, seconds: float, rate: int, stre
 
 # every figure a run must produce; `--quick` in CI fails when one is missing (never on a timing)
 REQUIRED_ALL = ["rps_c32", "rps_c128", "p50_ms_at_200", "p90_ms_at_200", "p99_ms_at_200", "p50_ms_at_1000",
-                "p90_ms_at_1000", "p99_ms_at_1000", "stream_rps_c32", "ttfb_ms"]
+                "p90_ms_at_1000", "p99_ms_at_1000", "stream_rps_c32", "ttfb_ms", "embed_rps_c32"]
 REQUIRED_PROCESS = ["peak_rss_mb", "rss_c128_mb", "cpu_s_per_1k_c32", "cpu_s_per_1k_c128", "cpu_s_per_1k_at_200",
-                    "cpu_s_per_1k_at_1000"]
+                    "cpu_s_per_1k_at_1000", "cpu_s_per_1k_embed_c32"]
 
 
 def missing_figures(results: dict) -> list[str]:
@@ -900,6 +915,7 @@ def missing_figures(results: dict) -> list[str]:
 
 METRICS = ["rps_c32", "rps_c128", "p50_ms_at_200", "p90_ms_at_200", "p99_ms_at_200", "p50_ms_at_1000",
            "p90_ms_at_1000", "p99_ms_at_1000", "achieved_rps_at_200", "achieved_rps_at_1000", "stream_rps_c32",
+           "embed_rps_c32", "cpu_s_per_1k_embed_c32",
            "ttfb_ms", "peak_rss_mb", "rss_c128_mb", "rss_mb_end", "cpu_s_per_1k_c32", "cpu_s_per_1k_c128", "cpu_s_per_1k_at_200",
            "cpu_s_per_1k_at_1000", "errors"]
 
@@ -924,7 +940,7 @@ def derive(summary: dict[str, dict]) -> dict[str, dict]:
                   "p99_ms_at_1000", "ttfb_ms"):
             if m in s and m in d:
                 x["added_" + m] = s[m] - d[m]
-        for m in ("rps_c32", "rps_c128", "stream_rps_c32"):
+        for m in ("rps_c32", "rps_c128", "stream_rps_c32", "embed_rps_c32"):
             if m in s and d.get(m):
                 x[m + "_vs_direct"] = s[m] / d[m]
             if m in s and n.get(m):
@@ -959,11 +975,12 @@ def markdown(results: dict) -> str:
                  f"phase, upstream: {results['upstream']}, fixed-rate latency by {results['latency_tool']}.{spread}")
     lines.append("")
     lines.append("Throughput (closed loop, non-stream chat JSON; streams of "
-                 f"{results['stream_chunks']} chunks), resources")
+                 f"{results['stream_chunks']} chunks; embeddings), resources")
     lines.append("")
     lines.append("| target | req/s c32 | ×direct | ×nginx | req/s c128 | ×direct | ×nginx | streams/s c32 | ×nginx "
+                 "| embeddings/s c32 | ×nginx "
                  "| RSS MB during c128 | peak RSS MB (whole run) | CPU s/1k req (c32) | CPU s/1k req (1000/s) | errors |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for t, s in summ.items():
         x = der[t]
         lines.append(
@@ -971,6 +988,7 @@ def markdown(results: dict) -> str:
             f"{fnum(x.get('rps_c32_vs_nginx'), 2)} | {fmt(s, 'rps_c128', 0, reps)} | "
             f"{fnum(x.get('rps_c128_vs_direct'), 2)} | {fnum(x.get('rps_c128_vs_nginx'), 2)} | "
             f"{fmt(s, 'stream_rps_c32', 0, reps)} | {fnum(x.get('stream_rps_c32_vs_nginx'), 2)} | "
+            f"{fmt(s, 'embed_rps_c32', 0, reps)} | {fnum(x.get('embed_rps_c32_vs_nginx'), 2)} | "
             f"{fmt(s, 'rss_c128_mb', 1, reps)} | {fmt(s, 'peak_rss_mb', 1, reps)} | {fmt(s, 'cpu_s_per_1k_c32', 3, reps)} | "
             f"{fmt(s, 'cpu_s_per_1k_at_1000', 3, reps)} | {fmt(s, 'errors', 0, reps)} |")
     lines.append("")
