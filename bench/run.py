@@ -1235,9 +1235,14 @@ def main() -> int:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
         print(table)
         log(f"wrote {args.json}")
-        bad = {t: s["errors"]["max"] for t, s in results["summary"].items() if s.get("errors", {}).get("max")}
+        failed = {t: s["errors"]["max"] for t, s in results["summary"].items() if s.get("errors", {}).get("max")}
         if results.get("soak", {}).get("errors"):
-            bad["uniapi soak"] = results["soak"]["errors"]
+            failed["uniapi soak"] = results["soak"]["errors"]
+        # a peer's failures are one of its figures (in the table and the JSON), not the harness's failure
+        peers = {t: n for t, n in failed.items() if t in ("litellm", "portkey")}
+        if peers:
+            log(f"peers failed requests (reported, not fatal): {peers}")
+        bad = {t: n for t, n in failed.items() if t not in peers}
         if bad:
             log(f"requests failed during the run: {bad}")
             return 1
