@@ -240,6 +240,7 @@ class Target:
         self.headers = headers  # auth and any routing headers the target needs
         self.proc = proc
         self.no_stream: str | None = None  # why streaming figures are missing (peers only)
+        self.no_embed: str | None = None  # why the embeddings figure is missing (peers only)
 
     def pids(self) -> list[int]:
         return self.proc.pids() if self.proc else []
@@ -703,15 +704,16 @@ def bench_target(t: Target, args, work: Path, oha: str | None) -> dict:
             f" ({o['errors']} errors)")
 
     # embeddings: the other request shape the upstream serves (priced by input tokens, no output)
-    pids = t.pids()
-    cpu0 = cpu_seconds(pids)
-    w = run_wrk(t.url + "/v1/embeddings", embed_lua, 32, secs)
-    cpu1 = cpu_seconds(t.pids())
-    r["embed_rps_c32"] = w["rps"]
-    if t.proc:
-        r["cpu_s_per_1k_embed_c32"] = (cpu1 - cpu0) / max(1, w["requests"]) * 1000
-    errors += w["errors"]
-    log(f"  {t.name}: embeddings c32: {w['rps']:.0f} req/s ({w['errors']} errors)")
+    if t.no_embed is None:
+        pids = t.pids()
+        cpu0 = cpu_seconds(pids)
+        w = run_wrk(t.url + "/v1/embeddings", embed_lua, 32, secs)
+        cpu1 = cpu_seconds(t.pids())
+        r["embed_rps_c32"] = w["rps"]
+        if t.proc:
+            r["cpu_s_per_1k_embed_c32"] = (cpu1 - cpu0) / max(1, w["requests"]) * 1000
+        errors += w["errors"]
+        log(f"  {t.name}: embeddings c32: {w['rps']:.0f} req/s ({w['errors']} errors)")
 
     if t.no_stream is None:
         w = run_wrk(chat_url, stream_lua, 32, secs)
@@ -1210,6 +1212,10 @@ def main() -> int:
                 log(f"{name}: no streaming figures: {problems['stream']}")
                 t.no_stream = problems["stream"]
                 skipped[name + " streaming"] = problems["stream"]
+            if "embeddings" in problems:
+                log(f"{name}: no embeddings figure: {problems['embeddings']}")
+                t.no_embed = problems["embeddings"]
+                skipped[name + " embeddings"] = problems["embeddings"]
             targets.append(t)
         results["skipped"] = skipped
 
