@@ -119,6 +119,28 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / CLK_TCK
 
 
+def wait_quiet(targets: list, limit: float = 300.0) -> dict[str, float]:
+    """Waits until every target's processes are idle (under 5 % of a core over a second), up to `limit`
+    seconds: a peer that queued more than it could serve (LiteLLM at 1,000 req/s keeps working through
+    the backlog long after the load stops) would otherwise share CPU 0 with whatever is timed next.
+    Returns how long each busy target took to go quiet."""
+    waited: dict[str, float] = {}
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        before = {t.name: cpu_seconds(t.pids()) for t in targets}
+        time.sleep(1.0)
+        busy = [t.name for t in targets if cpu_seconds(t.pids()) - before[t.name] > 0.05]
+        if not busy:
+            break
+        for name in busy:
+            waited[name] = time.monotonic() - start
+    else:
+        log(f"  still busy after {limit:.0f} s: {', '.join(waited)}")
+    for name, secs in waited.items():
+        log(f"  waited {secs:.0f} s for {name} to go idle")
+    return waited
+
+
 def memory_kb(pids: list[int]) -> tuple[int, int]:
     """(sum of VmHWM, sum of VmRSS) over the processes, in kB."""
     hwm = rss = 0
@@ -1220,16 +1242,23 @@ def main() -> int:
         results["skipped"] = skipped
 
         runs: dict[str, list[dict]] = {t.name: [] for t in targets}
+        quiet_waits: list[dict[str, float]] = []
         for rep in range(args.reps):
             for t in targets:
+                # every target shares its core with the others' idle processes: let them all go idle
+                waited = wait_quiet([o for o in targets if o.proc])
+                if waited:
+                    quiet_waits.append({"before": f"{t.name} #{rep + 1}", **waited})
                 log(f"repetition {rep + 1}/{args.reps}: {t.name}")
                 if t.proc and not t.proc.alive():
                     raise BenchError(f"{t.name} died:\n{t.proc.tail()}")
                 runs[t.name].append(bench_target(t, args, work, oha))
+        results["quiet_waits"] = quiet_waits
         results["runs"] = runs
         results["soak_requested"] = args.soak > 0
         soak_target = next((t for t in targets if t.name == "uniapi"), None)
         if args.soak > 0 and soak_target:
+            wait_quiet([o for o in targets if o.proc])
             log(f"soak: {args.soak:.0f} s on uniapi")
             results["soak"] = soak(soak_target, oha, work, args.soak, args.soak_rate, args.soak_stream_rate)
         results["summary"] = {t: summarize(r) for t, r in runs.items()}
