@@ -3,10 +3,10 @@
 //! outside it so that a rebuild keeps cool-downs.
 
 use std::collections::{BTreeMap, HashSet};
-
-use foldhash::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicUsize, Ordering};
+
+use foldhash::HashMap;
 
 use serde::{Deserialize, Serialize};
 

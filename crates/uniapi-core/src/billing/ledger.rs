@@ -3,8 +3,9 @@
 //! entries are written to SQL behind, in batches, and applied to the stored balances exactly once
 //! (the entry id is the primary key). A user's balance and a key's cap never go below zero.
 
-use foldhash::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
+
+use foldhash::HashMap;
 
 use serde::Serialize;
 

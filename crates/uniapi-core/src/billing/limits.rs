@@ -1,10 +1,11 @@
 //! Per-key limits on the request path: requests and tokens per minute (token buckets that refill
 //! continuously, like OpenAI's) and concurrent requests. State is in memory, keyed by key id.
 
-use foldhash::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+use foldhash::HashMap;
 
 /// The limits a key was given (any may be absent).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

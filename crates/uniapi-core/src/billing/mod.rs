@@ -115,22 +115,25 @@ pub fn usd_string(nano: i64) -> String {
 pub fn usd_digits(nano: i64, buf: &mut [u8; USD_MAX]) -> &[u8] {
     let mut n = nano.unsigned_abs();
     let mut at = USD_MAX;
-    // nine decimals, then the point, then the whole dollars (at least one digit)
-    for i in 0.. {
-        if i == 9 {
-            at -= 1;
-            buf[at] = b'.';
-        }
+    let mut push = |byte: u8| {
         at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
+        buf[at] = byte;
+    };
+    // nine decimals, the point, then the whole dollars (at least one digit)
+    for _ in 0..9 {
+        push(b'0' + (n % 10) as u8);
         n /= 10;
-        if n == 0 && i >= 9 {
+    }
+    push(b'.');
+    loop {
+        push(b'0' + (n % 10) as u8);
+        n /= 10;
+        if n == 0 {
             break;
         }
     }
     if nano < 0 {
-        at -= 1;
-        buf[at] = b'-';
+        push(b'-');
     }
     &buf[at..]
 }
