@@ -339,7 +339,7 @@ fn scrub(text: &str, secret: &str) -> String {
     masked.chars().take(ERROR_EXCERPT).collect()
 }
 
-fn describe_transport(e: &hyper_util::client::legacy::Error) -> String {
+fn describe_transport(e: &crate::upstream::RelayError) -> String {
     if e.is_connect() {
         "connection to the upstream failed".into()
     } else {

@@ -17,3 +17,4 @@ mod store;
 mod support;
 mod tasks;
 mod udio;
+mod upstream_pool;

@@ -2,9 +2,10 @@
 //!
 //! Two long-lived clients share the settings (rustls with the platform's certificate verifier,
 //! connection pool, no redirects followed, bodies passed through as sent with their `Content-Encoding`):
-//! - `relay`: hyper's pooled client, used on the request path of the OpenAI family. It skips what reqwest
-//!   adds per request (its redirect layer, and the response's URL parsed back from the request's, ~13k
-//!   instructions a request, measured with callgrind) and lets the relay send a prebuilt `Authorization`
+//! - `relay`: hyper's connection API under a pool of our own ([`pool`]), used on the request path of
+//!   the OpenAI family. It skips what reqwest adds per request (its redirect layer, and the response's
+//!   URL parsed back from the request's, ~13k instructions a request, measured with callgrind) and what
+//!   hyper_util's pooled client adds (see [`pool`]), and lets the relay send a prebuilt `Authorization`
 //!   header per key.
 //! - `client`: reqwest, for the task relays, callbacks and admin probes, where its conveniences (JSON,
 //!   multipart, query strings) matter more than a few microseconds.
@@ -21,16 +22,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::Stream;
-use http_body_util::Full;
-use hyper::body::{Body, Incoming};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
+use hyper::body::Body;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::RoutingConfig;
 
-pub type RelayClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+mod pool;
+
+use pool::{POOL_IDLE, POOL_MAX_IDLE_PER_HOST};
+pub use pool::{PooledBody, RelayClient, RelayError};
 
 #[derive(Clone)]
 pub struct Upstream {
@@ -41,11 +41,6 @@ pub struct Upstream {
     pub idle_timeout: Duration,
 }
 
-/// Idle pooled connections are closed after this: shorter than the usual 120 s server-side keep-alive,
-/// so we rarely write to a socket the upstream has just closed.
-const POOL_IDLE: Duration = Duration::from_secs(90);
-/// Enough idle connections per host for a burst of concurrent streams to reuse them.
-const POOL_MAX_IDLE_PER_HOST: usize = 512;
 const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
 
 impl Upstream {
@@ -67,7 +62,7 @@ impl Upstream {
             });
         Upstream {
             client,
-            relay: relay_client(connect_timeout),
+            relay: relay_client(connect_timeout, tls_config()),
             first_byte_timeout: Duration::from_millis(routing.first_byte_timeout_ms),
             idle_timeout,
         }
@@ -98,24 +93,20 @@ fn tls_config() -> rustls::ClientConfig {
     }
 }
 
-fn relay_client(connect_timeout: Duration) -> RelayClient {
+/// The relay's pooled client over `tls` (HTTP/2 or HTTP/1.1 offered by ALPN) or plain TCP.
+pub fn relay_client(connect_timeout: Duration, tls: rustls::ClientConfig) -> RelayClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_keepalive(Some(TCP_KEEPALIVE));
     http.set_connect_timeout(Some(connect_timeout));
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls_config())
+        .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE)
-        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(https)
+    RelayClient::new(https)
 }
 
 /// How an upstream body stopped short.
@@ -131,7 +122,7 @@ pub enum BodyError {
 /// [`BodyError::Silent`] when no byte arrives for the idle timeout. The timer is armed only while
 /// the body is waiting, and restarts after every chunk.
 pub struct UpstreamBody {
-    body: Incoming,
+    body: PooledBody,
     idle: Duration,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Whether the timer must restart the next time the body waits: a chunk came since it was set.
@@ -140,7 +131,7 @@ pub struct UpstreamBody {
 }
 
 impl UpstreamBody {
-    pub fn new(body: Incoming, idle: Duration) -> UpstreamBody {
+    pub fn new(body: PooledBody, idle: Duration) -> UpstreamBody {
         UpstreamBody {
             body,
             idle,
