@@ -691,7 +691,16 @@ def bench_target(t: Target, args, work: Path, oha: str | None) -> dict:
     secs = args.seconds
     r: dict = {}
     errors = 0
+    # the process's high-water RSS after each phase: says which phase raised `peak_rss_mb` (a target
+    # process lives through all repetitions, so its VmHWM carries over from one to the next)
+    hwm_after: dict[str, float] = {}
+
+    def note_hwm(phase: str) -> None:
+        if t.proc:
+            hwm_after[phase] = round(memory_kb(t.pids())[0] / 1024, 2)
+
     run_wrk(chat_url, chat_lua, 32, 1)  # warm-up: connections, pools, caches
+    note_hwm("warm-up")
 
     for conns in (32, 128):
         pids = t.pids()
@@ -706,6 +715,7 @@ def bench_target(t: Target, args, work: Path, oha: str | None) -> dict:
         if t.proc:
             r[f"cpu_s_per_1k_c{conns}"] = (cpu1 - cpu0) / max(1, w["requests"]) * 1000
         log(f"  {t.name}: closed loop c{conns}: {w['rps']:.0f} req/s ({w['errors']} errors)")
+        note_hwm(f"c{conns}")
 
     for rate in (200, 1000):
         pids = t.pids()
@@ -724,6 +734,7 @@ def bench_target(t: Target, args, work: Path, oha: str | None) -> dict:
         errors += o["errors"]
         log(f"  {t.name}: {rate} req/s: p50 {o['p50_ms']:.3f} p90 {o['p90_ms']:.3f} p99 {o['p99_ms']:.3f} ms"
             f" ({o['errors']} errors)")
+        note_hwm(f"{rate}/s")
 
     # embeddings: the other request shape the upstream serves (priced by input tokens, no output)
     if t.no_embed is None:
@@ -736,22 +747,26 @@ def bench_target(t: Target, args, work: Path, oha: str | None) -> dict:
             r["cpu_s_per_1k_embed_c32"] = (cpu1 - cpu0) / max(1, w["requests"]) * 1000
         errors += w["errors"]
         log(f"  {t.name}: embeddings c32: {w['rps']:.0f} req/s ({w['errors']} errors)")
+        note_hwm("embeddings")
 
     if t.no_stream is None:
         w = run_wrk(chat_url, stream_lua, 32, secs)
         r["stream_rps_c32"] = w["rps"]
         errors += w["errors"]
         log(f"  {t.name}: streams ({args.chunks} chunks) c32: {w['rps']:.0f} req/s ({w['errors']} errors)")
+        note_hwm("streams")
 
         tt = measure_ttfb(t.url, t.headers, args.ttfb_n)
         r["ttfb_ms"] = tt["ttfb_p50_ms"]
         errors += tt["errors"]
         log(f"  {t.name}: time to first SSE byte (median of {tt['samples']}): {tt['ttfb_p50_ms']:.3f} ms")
+        note_hwm("ttfb")
 
     if t.proc:
         hwm, rss = memory_kb(t.pids())
         r["peak_rss_mb"] = hwm / 1024
         r["rss_mb_end"] = rss / 1024
+        r["hwm_after_mb"] = hwm_after
     r["errors"] = errors
     return r
 
