@@ -345,9 +345,9 @@ fn upstream_url(
     Some(url)
 }
 
-/// The `Host` header hyper's client would write from each request's URI under `base` (the host, and
-/// the port unless it is the scheme's default), made once per channel: the client formats it for every
-/// request that does not carry one (~1k instructions).
+/// The `Host` header the relay's pool would write from each request's URI under `base` (the host, and
+/// the port unless it is the scheme's default: `upstream::pool`'s rule, hyper_util's before it), made
+/// once per channel: the pool formats it for every request that does not carry one (~1k instructions).
 fn host_header(base: Option<&reqwest::Url>) -> Option<axum::http::HeaderValue> {
     let base = base?;
     let host = base.host_str()?;
@@ -674,8 +674,8 @@ mod tests {
         }
     }
 
-    /// What hyper's client writes when a request has no `Host` (hyper_util's `set_host`): the URI's
-    /// host, and its port unless it is the scheme's default.
+    /// What the relay's pool writes when a request has no `Host` (the rule of hyper_util's `set_host`):
+    /// the URI's host, and its port unless it is the scheme's default.
     #[test]
     fn the_host_header_is_what_the_client_would_write() {
         for base in [

@@ -32,26 +32,35 @@ struct FakeH1 {
 }
 
 async fn fake_h1(response: &'static [u8], close_after: bool) -> FakeH1 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let accepted = Arc::new(AtomicUsize::new(0));
     let heads = Arc::new(Mutex::new(Vec::new()));
-    let (count, record) = (accepted.clone(), heads.clone());
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            count.fetch_add(1, Ordering::SeqCst);
-            let record = record.clone();
-            tokio::spawn(serve_h1(stream, response, close_after, record));
-        }
-    });
+    let record = heads.clone();
+    let (port, accepted) =
+        counting_listener(move |stream| serve_h1(stream, response, close_after, record.clone()))
+            .await;
     FakeH1 {
         port,
         accepted,
         heads,
     }
+}
+
+/// A loopback listener that counts the connections it accepts and serves each on its own task.
+async fn counting_listener<F, Fut>(serve: F) -> (u16, Arc<AtomicUsize>)
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(serve(stream));
+        }
+    });
+    (port, accepted)
 }
 
 async fn serve_h1(
@@ -242,58 +251,46 @@ async fn tls_upstream(alpn: &[&[u8]], drop_after: Option<Duration>) -> (u16, Arc
         .unwrap();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            count.fetch_add(1, Ordering::SeqCst);
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(stream).await else {
-                    return;
-                };
-                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                let io = hyper_util::rt::TokioIo::new(tls);
-                let service =
-                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
-                        let text = format!(
-                            "{:?} {} {}",
-                            req.version(),
-                            req.uri(),
-                            req.headers()["host"].to_str().unwrap()
-                        );
-                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
-                            text,
-                        ))))
-                    });
-                let serve = async {
-                    if h2 {
-                        let _ = hyper::server::conn::http2::Builder::new(
-                            hyper_util::rt::TokioExecutor::new(),
-                        )
-                        .serve_connection(io, service)
-                        .await;
-                    } else {
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(io, service)
-                            .await;
-                    }
-                };
-                match drop_after {
-                    Some(after) => {
-                        let _ = tokio::time::timeout(after, serve).await;
-                    }
-                    None => serve.await,
-                }
-            });
-        }
+    counting_listener(move |stream| serve_tls(acceptor.clone(), stream, drop_after)).await
+}
+
+/// One TLS connection: HTTP/2 if ALPN chose it, else HTTP/1.1; cut after `drop_after` when set.
+async fn serve_tls(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    drop_after: Option<Duration>,
+) {
+    let Ok(tls) = acceptor.accept(stream).await else {
+        return;
+    };
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let io = hyper_util::rt::TokioIo::new(tls);
+    let service = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+        let text = format!(
+            "{:?} {} {}",
+            req.version(),
+            req.uri(),
+            req.headers()["host"].to_str().unwrap()
+        );
+        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(text))))
     });
-    (port, accepted)
+    let serve = async {
+        if h2 {
+            let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .serve_connection(io, service)
+                .await;
+        } else {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await;
+        }
+    };
+    match drop_after {
+        Some(after) => {
+            let _ = tokio::time::timeout(after, serve).await;
+        }
+        None => serve.await,
+    }
 }
 
 #[tokio::test]
