@@ -114,7 +114,9 @@ const TURN_POLLS: u8 = 3;
 /// "had its turn" is the third empty poll since the last chunk (fewer would send before the connection
 /// ran: measured, see the test `events_that_arrive_together_are_sent_together`). A chunk that arrives
 /// alone goes out after that one extra turn, with no timer involved: chunks are still forwarded as they
-/// arrive.
+/// arrive. An HTTP/1 upstream connection has no task of its own: polling its body drives it
+/// (`upstream::pool`), so the first empty poll already means it read all there was, and what is
+/// held goes out then.
 struct PassThrough {
     first: Option<Bytes>,
     rest: UpstreamBody,
@@ -174,7 +176,8 @@ impl Stream for PassThrough {
                         return Poll::Pending;
                     }
                     this.empty_polls += 1;
-                    if this.empty_polls >= TURN_POLLS {
+                    // an HTTP/1 body drives its connection when polled: it has had its turn already
+                    if this.empty_polls >= TURN_POLLS || this.rest.drives_its_connection() {
                         // the connection had its turn and brought nothing more: send what came
                         this.empty_polls = 0;
                         return Poll::Ready(Some(Ok(this.held.split().freeze())));

@@ -146,6 +146,12 @@ impl UpstreamBody {
         self.body.size_hint().exact()
     }
 
+    /// Whether a poll that finds nothing ready has already let the connection read all it could (see
+    /// [`PooledBody::drives_its_connection`]).
+    pub fn drives_its_connection(&self) -> bool {
+        self.body.drives_its_connection()
+    }
+
     /// The next chunk: `Ok(None)` at the end.
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, BodyError> {
         std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx))

@@ -10,6 +10,11 @@
 //! - an HTTP/1 connection is taken from its host's idle list (the most recently used first) and
 //!   handed back by the response body itself, the moment the body has been read to its end, so no task
 //!   is spawned per request; a body dropped before its end drops the connection (hyper closes it);
+//! - an HTTP/1 connection has no task of its own either: the request that has it on loan drives it
+//!   (its future polls the connection, then the response or body it waits for), so the upstream's
+//!   answer is read and handed on in one turn of the request's task instead of waking a connection task
+//!   that then wakes the request. An idle connection is driven by no one: the next request that takes
+//!   it out, and the sweep, find out whether the upstream closed it;
 //! - when ALPN on TLS chose HTTP/2, the host keeps that connection and every request shares it;
 //! - a request that a reused connection refused before sending it (the upstream closed it while idle)
 //!   is sent again, on another connection; one that fails on a fresh connection is not;
@@ -19,13 +24,16 @@
 //! Requests that start together before the host's first connection is up each open one; the first to
 //! finish its handshake becomes the host's shared connection and the others close after their request.
 
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use foldhash::HashMap;
+use futures_util::task::AtomicWaker;
 use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
@@ -46,6 +54,8 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 type ReqBody = Full<Bytes>;
 pub type Connector = HttpsConnector<HttpConnector>;
+/// The connector's stream: TCP, or TLS over TCP.
+type Io = <Connector as Service<Uri>>::Response;
 
 /// Why an upstream request got no response.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +66,8 @@ pub enum RelayError {
     Connect(Box<dyn std::error::Error + Send + Sync>),
     #[error("the upstream request failed: {0}")]
     Request(#[from] hyper::Error),
+    #[error("the upstream closed the connection before the request was sent")]
+    Closed,
 }
 
 impl RelayError {
@@ -89,38 +101,165 @@ struct Host {
 }
 
 struct Idle {
-    tx: http1::SendRequest<ReqBody>,
+    h1: H1,
     since: Instant,
 }
 
+/// An HTTP/1 connection: the handle requests are sent on and the connection's own future, which
+/// whoever holds it polls ([`H1::drive`]); boxed once per connection, so a loan moves a pointer.
+struct H1 {
+    tx: http1::SendRequest<ReqBody>,
+    /// `None` once the connection's future has finished (the connection is closed).
+    conn: Option<Pin<Box<http1::Connection<Io, ReqBody>>>>,
+    signal: Arc<Signal>,
+    /// The waker the connection is polled with: it wakes [`Signal`].
+    waker: Waker,
+}
+
+/// What the connection's waker does: it notes that the connection has something to do (its socket is
+/// ready, a request was handed to it, its body was read) and wakes the task that has it on loan. A
+/// task is also polled for its own reasons (the client's request body, a stream's turn); the
+/// connection is polled only when it was woken, not every time the task is.
+struct Signal {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl std::task::Wake for Signal {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl H1 {
+    fn new(tx: http1::SendRequest<ReqBody>, conn: http1::Connection<Io, ReqBody>) -> H1 {
+        let signal = Arc::new(Signal {
+            // never polled yet
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
+        H1 {
+            tx,
+            conn: Some(Box::pin(conn)),
+            waker: Waker::from(signal.clone()),
+            signal,
+        }
+    }
+
+    /// Lets the connection read and write what it can, if it was woken since it last ran; `false` once
+    /// it has closed. The task of `cx` is woken when the connection has more to do.
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(conn) = self.conn.as_mut() else {
+            return false;
+        };
+        self.signal.task.register(cx.waker());
+        // cleared before the poll: a wake during it counts for the next one
+        if self.signal.woken.swap(false, Ordering::AcqRel)
+            && let Poll::Ready(result) = conn.as_mut().poll(&mut Context::from_waker(&self.waker))
+        {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "upstream HTTP/1 connection closed");
+            }
+            // dropping the finished connection fails whatever still waits on it
+            self.conn = None;
+        }
+        self.conn.is_some()
+    }
+
+    /// Sends `req` and drives the connection until the response head is in (or the connection ends).
+    /// On a connection that closed or refused the request before sending it, the request comes back.
+    async fn send(&mut self, req: Request<ReqBody>) -> Result<Response<Incoming>, Refused> {
+        // an idle connection that was not yet polled since its last answer ended tells its handle here
+        // that it wants a request (the handle refuses one before that); one the upstream closed while
+        // idle finds out here or in the drive after the request is handed over. No task waker yet: the
+        // request handed over next wakes the connection, and the connection would wake this very task
+        // for nothing.
+        if !self.tx.is_ready() {
+            self.signal.woken.store(true, Ordering::Release);
+        }
+        if !self.drive(&mut Context::from_waker(Waker::noop())) {
+            return Err(Refused {
+                request: Some(req),
+                error: None,
+            });
+        }
+        let mut response = std::pin::pin!(self.tx.try_send_request(req));
+        std::future::poll_fn(|cx| {
+            self.drive(cx);
+            // only driving the connection (here, by this task) can complete the response, so its
+            // future needs no waker of its own: one would only wake this task again for nothing
+            match response
+                .as_mut()
+                .poll(&mut Context::from_waker(Waker::noop()))
+            {
+                Poll::Ready(Ok(response)) => Poll::Ready(Ok(response)),
+                Poll::Ready(Err(mut e)) => Poll::Ready(Err(Refused {
+                    request: e.take_message(),
+                    error: Some(e.into_error()),
+                })),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    }
+}
+
+/// A request an HTTP/1 connection did not answer; `request` is back when it was never sent, and
+/// `error` is `None` when the connection had closed before it was asked.
+struct Refused {
+    request: Option<Request<ReqBody>>,
+    error: Option<hyper::Error>,
+}
+
+impl Refused {
+    fn into_error(self) -> RelayError {
+        match self.error {
+            Some(error) => RelayError::Request(error),
+            None => RelayError::Closed,
+        }
+    }
+}
+
 impl Host {
-    /// The most recently used idle HTTP/1 connection still open and not past [`POOL_IDLE`].
-    fn checkout(&self) -> Option<http1::SendRequest<ReqBody>> {
+    /// The most recently used idle HTTP/1 connection not past [`POOL_IDLE`]; whether the upstream
+    /// closed it is found out by driving it ([`H1::drive`]).
+    fn checkout(&self) -> Option<H1> {
         let mut idle = lock(&self.idle);
         while let Some(entry) = idle.pop() {
-            if entry.since.elapsed() < POOL_IDLE && !entry.tx.is_closed() {
-                return Some(entry.tx);
+            if entry.since.elapsed() < POOL_IDLE {
+                return Some(entry.h1);
             }
         }
         None
     }
 
-    fn checkin(&self, tx: http1::SendRequest<ReqBody>) {
-        if tx.is_closed() {
+    fn checkin(&self, h1: H1) {
+        if h1.conn.is_none() || h1.tx.is_closed() {
             return;
         }
+        // the task it was lent to is done with it
+        drop(h1.signal.task.take());
         let mut idle = lock(&self.idle);
         if idle.len() < POOL_MAX_IDLE_PER_HOST {
             idle.push(Idle {
-                tx,
+                h1,
                 since: Instant::now(),
             });
         }
     }
 
-    /// Closes the idle connections past [`POOL_IDLE`] or already closed by the upstream.
+    /// Closes the idle connections past [`POOL_IDLE`] or already closed by the upstream (driven here
+    /// if their socket woke them, with no task to wake: a closed one reads its end and finishes).
     fn sweep(&self) {
-        lock(&self.idle).retain(|entry| entry.since.elapsed() < POOL_IDLE && !entry.tx.is_closed());
+        let mut quiet = Context::from_waker(Waker::noop());
+        lock(&self.idle)
+            .retain_mut(|entry| entry.since.elapsed() < POOL_IDLE && entry.h1.drive(&mut quiet));
+        // (a drive here leaves the noop waker registered; the next loan registers its task's)
         let mut h2 = lock(&self.h2);
         if h2.as_ref().is_some_and(http2::SendRequest::is_closed) {
             *h2 = None;
@@ -147,7 +286,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// A connection made for one request.
 enum Fresh {
-    H1(http1::SendRequest<ReqBody>),
+    H1(H1),
     H2(http2::SendRequest<ReqBody>),
 }
 
@@ -204,32 +343,29 @@ impl RelayClient {
                 use_h2 = false;
                 continue;
             }
-            let Some(mut tx) = host.checkout() else {
+            let Some(mut h1) = host.checkout() else {
                 break;
             };
-            if tx.ready().await.is_err() {
-                continue;
-            }
             *req.uri_mut() = origin_form.clone();
-            match tx.try_send_request(req).await {
+            match h1.send(req).await {
                 Ok(response) => {
-                    let back = Checkin { tx, host };
+                    let back = Checkin { h1, host };
                     return Ok(response.map(|b| PooledBody::new(b, Some(back))));
                 }
-                Err(mut e) => match e.take_message() {
+                Err(refused) => match refused.request {
                     // the upstream closed this idle connection before the request went out: another one
                     Some(back) => req = back,
-                    None => return Err(RelayError::Request(e.into_error())),
+                    None => return Err(refused.into_error()),
                 },
             }
         }
         // boxed: the connect and handshake futures are kilobytes, and the request's future is moved
         // (into the relay's timeout) on every request, connecting or not
         match Box::pin(self.connect(&host)).await? {
-            Fresh::H1(mut tx) => {
+            Fresh::H1(mut h1) => {
                 *req.uri_mut() = origin_form;
-                let response = tx.send_request(req).await?;
-                let back = Checkin { tx, host };
+                let response = h1.send(req).await.map_err(Refused::into_error)?;
+                let back = Checkin { h1, host };
                 Ok(response.map(|b| PooledBody::new(b, Some(back))))
             }
             Fresh::H2(mut tx) => {
@@ -285,14 +421,8 @@ impl RelayClient {
             }
             Ok(Fresh::H2(tx))
         } else {
-            let (mut tx, conn) = self.shared.h1.handshake(io).await?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "upstream HTTP/1 connection closed");
-                }
-            });
-            tx.ready().await?;
-            Ok(Fresh::H1(tx))
+            let (tx, conn) = self.shared.h1.handshake(io).await?;
+            Ok(Fresh::H1(H1::new(tx, conn)))
         }
     }
 
@@ -343,7 +473,7 @@ fn origin_form(uri: &Uri) -> Uri {
 
 /// An HTTP/1 connection on loan to one response.
 struct Checkin {
-    tx: http1::SendRequest<ReqBody>,
+    h1: H1,
     host: Arc<Host>,
 }
 
@@ -361,9 +491,15 @@ impl PooledBody {
         pooled
     }
 
+    /// Whether reading this body is what drives its connection (HTTP/1, until its end): then a poll
+    /// that finds nothing ready has already let the connection read all it could.
+    pub fn drives_its_connection(&self) -> bool {
+        self.checkin.is_some()
+    }
+
     fn release(&mut self) {
-        if let Some(Checkin { tx, host }) = self.checkin.take() {
-            host.checkin(tx);
+        if let Some(Checkin { h1, host }) = self.checkin.take() {
+            host.checkin(h1);
         }
     }
 
@@ -384,7 +520,22 @@ impl Body for PooledBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
-        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        let polled = match this.checkin.as_mut() {
+            Some(checkin) => {
+                // the connection is this body's to drive: what it reads reaches the body's channel
+                // only then, so the channel needs no waker (one would wake this task again for
+                // nothing). What it read already is taken first.
+                let mut quiet = Context::from_waker(Waker::noop());
+                match Pin::new(&mut this.body).poll_frame(&mut quiet) {
+                    Poll::Pending => {
+                        checkin.h1.drive(cx);
+                        Pin::new(&mut this.body).poll_frame(&mut quiet)
+                    }
+                    ready => ready,
+                }
+            }
+            None => Pin::new(&mut this.body).poll_frame(cx),
+        };
         match &polled {
             // the end of a chunked or close-delimited body
             Poll::Ready(None) => this.release(),

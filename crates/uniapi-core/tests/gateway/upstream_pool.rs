@@ -379,3 +379,66 @@ async fn the_request_future_stays_small() {
     let size = std::mem::size_of_val(&future);
     assert!(size <= 2048, "{size} bytes");
 }
+
+/// An upstream served by a runtime of its own, on its own thread, so that the test's runtime holds only
+/// the client's tasks.
+fn fake_h1_elsewhere(response: &'static [u8]) -> (u16, Arc<AtomicUsize>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let upstream = fake_h1(response, false).await;
+            tx.send((upstream.port, upstream.accepted.clone())).unwrap();
+            std::future::pending::<()>().await
+        });
+    });
+    rx.recv().unwrap()
+}
+
+/// An HTTP/1 connection is driven by the request that has it on loan, not by a task of its own:
+/// eight open connections leave the client's runtime with one task, the host's idle sweep.
+#[tokio::test]
+async fn http1_connections_have_no_task_of_their_own() {
+    let (port, accepted) = fake_h1_elsewhere(CHUNKED);
+    let client = plain_client();
+    let authority = format!("127.0.0.1:{port}");
+    let url = format!("http://{authority}/v1/chat/completions");
+    let answers = futures_util::future::join_all((0..8).map(|_| client.request(post(&url)))).await;
+    for answer in answers {
+        assert_eq!(&read_all(answer.unwrap()).await[..], b"data: hello");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 8);
+    assert_eq!(client.idle_connections(false, &authority), 8);
+    let tasks = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    assert_eq!(tasks, 1, "the sweep only");
+    // and an idle connection, driven by no one meanwhile, still takes the next request
+    read_all(client.request(post(&url)).await.unwrap()).await;
+    assert_eq!(accepted.load(Ordering::SeqCst), 8);
+}
+
+/// A request body larger than the socket buffers is written while the request waits for its answer
+/// (the request's task drives the connection's writes as well as its reads).
+#[tokio::test]
+async fn a_request_body_larger_than_the_socket_buffers_goes_out_whole() {
+    let upstream = fake_h1(BY_LENGTH, false).await;
+    let client = plain_client();
+    let url = format!("http://127.0.0.1:{}/v1/audio/transcriptions", upstream.port);
+    let body = Bytes::from(vec![b'x'; 8 * 1024 * 1024]);
+    for _ in 0..2 {
+        let request = Request::post(&url)
+            .header("content-type", "application/octet-stream")
+            .body(Full::new(body.clone()))
+            .unwrap();
+        let answer = client.request(request).await.unwrap();
+        assert_eq!(&read_all(answer).await[..], b"{\"ok\":true}");
+    }
+    assert_eq!(upstream.accepted.load(Ordering::SeqCst), 1);
+    let heads = upstream.heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 2);
+    assert!(heads[0].contains("content-length: 8388608"), "{}", heads[0]);
+}
