@@ -105,18 +105,18 @@ const TURN_POLLS: u8 = 3;
 
 /// Streams the upstream body to the client, sending what one upstream read delivered in one write.
 ///
-/// hyper's client hands a body over one chunk per turn of its connection task, and hyper's server
+/// hyper's client hands a body over one chunk at a time, and hyper's server
 /// flushes whenever the body has nothing ready, so passing chunks on one by one costs a `writev` (and a
 /// wake-up of the client) per server-sent event: 19 for a stream of 16 content chunks that arrived in one
-/// read. Instead, after a chunk the stream wakes itself and yields, so the connection task gets a turn
-/// to hand over what it has already read, and collects that; it sends once the connection had its turn
-/// and brought nothing more. hyper's server polls a pending body twice in one run of its own task, so
-/// "had its turn" is the third empty poll since the last chunk (fewer would send before the connection
-/// ran: measured, see the test `events_that_arrive_together_are_sent_together`). A chunk that arrives
-/// alone goes out after that one extra turn, with no timer involved: chunks are still forwarded as they
-/// arrive. An HTTP/1 upstream connection has no task of its own: polling its body drives it
-/// (`upstream::pool`), so the first empty poll already means it read all there was, and what is
-/// held goes out then.
+/// read. Instead the stream collects chunks while more are ready and sends once a poll brings nothing.
+/// An HTTP/1 upstream connection has no task of its own: polling its body drives it
+/// (`upstream::pool`), so the first empty poll already means it read all there was. An HTTP/2
+/// connection runs as its own task: after a chunk the stream wakes itself and yields, so that task gets
+/// a turn to hand over what it has already read; hyper's server polls a pending body twice in one run
+/// of its own task, so "had its turn" is the third empty poll since the last chunk (fewer would send
+/// before the connection ran: measured when HTTP/1 connections still had tasks, see the test
+/// `events_that_arrive_together_are_sent_together`). A chunk that arrives alone goes out after that one
+/// extra turn, with no timer involved: chunks are still forwarded as they arrive.
 struct PassThrough {
     first: Option<Bytes>,
     rest: UpstreamBody,

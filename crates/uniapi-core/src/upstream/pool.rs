@@ -256,10 +256,10 @@ impl Host {
     /// Closes the idle connections past [`POOL_IDLE`] or already closed by the upstream (driven here
     /// if their socket woke them, with no task to wake: a closed one reads its end and finishes).
     fn sweep(&self) {
+        // (the no-op waker stays registered as the connection's task until the next loan registers its own)
         let mut quiet = Context::from_waker(Waker::noop());
         lock(&self.idle)
             .retain_mut(|entry| entry.since.elapsed() < POOL_IDLE && entry.h1.drive(&mut quiet));
-        // (a drive here leaves the noop waker registered; the next loan registers its task's)
         let mut h2 = lock(&self.h2);
         if h2.as_ref().is_some_and(http2::SendRequest::is_closed) {
             *h2 = None;
