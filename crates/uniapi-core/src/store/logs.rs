@@ -89,9 +89,7 @@ impl JsonText {
         match &self.0 {
             Repr::Text(raw) => std::borrow::Cow::Borrowed(raw.get()),
             // a charge holds numbers, strings and enums only: it always serializes
-            Repr::Charge(charge) => {
-                std::borrow::Cow::Owned(serde_json::to_string(charge).unwrap_or_default())
-            }
+            Repr::Charge(charge) => std::borrow::Cow::Owned(super::json::charge(charge)),
         }
     }
 }
@@ -203,7 +201,7 @@ impl Store {
                 let sql = multi_row_insert(&LOG_INSERTS, sqlite, rows, "request_logs", LOG_COLUMNS, "ON CONFLICT (id) DO NOTHING");
                 let mut query = sqlx::query(safe(sql));
                 for log in chunk {
-                    let attempts = serde_json::to_string(&log.attempts).unwrap_or_else(|_| "[]".into());
+                    let attempts = super::json::attempts(&log.attempts);
                     query = query
                         .bind(&log.id).bind(log.created_at).bind(log.user_id).bind(log.key_id).bind(&log.method)
                         .bind(&log.path).bind(&log.model).bind(&log.upstream_model).bind(log.channel_id)

@@ -1,6 +1,7 @@
 //! Durable state on SQLite or PostgreSQL from one codebase: the same statements run on both pools
 //! (`$N` placeholders work on both), and each dialect has its own migration files.
 
+mod json;
 pub mod ledger;
 pub mod logs;
 mod migrate;
