@@ -21,8 +21,8 @@ pub(crate) fn charge(charge: &Charge) -> String {
         Basis::Request => "\"request\"",
         Basis::Nothing => "\"nothing\"",
     });
-    field_i64(&mut out, ",\"cost_nano\":", charge.cost_nano);
-    field_i64(&mut out, ",\"cache_nano\":", charge.cache_nano);
+    field(&mut out, ",\"cost_nano\":", charge.cost_nano);
+    field(&mut out, ",\"cache_nano\":", charge.cache_nano);
     out.push_str(",\"price\":");
     price(&mut out, &charge.price);
     out.push('}');
@@ -37,7 +37,7 @@ pub(crate) fn attempts(attempts: &[Attempt]) -> String {
         if i > 0 {
             out.push(',');
         }
-        field_i64(&mut out, "{\"channel_id\":", a.channel_id);
+        field(&mut out, "{\"channel_id\":", a.channel_id);
         out.push_str(",\"channel\":");
         string(&mut out, &a.channel);
         out.push_str(",\"key_hint\":");
@@ -52,7 +52,7 @@ pub(crate) fn attempts(attempts: &[Attempt]) -> String {
             Some(error) => string(&mut out, error),
             None => out.push_str("null"),
         }
-        field_u64(&mut out, ",\"elapsed_ms\":", a.elapsed_ms);
+        field(&mut out, ",\"elapsed_ms\":", a.elapsed_ms);
         out.push('}');
     }
     out.push(']');
@@ -60,14 +60,14 @@ pub(crate) fn attempts(attempts: &[Attempt]) -> String {
 }
 
 fn units(out: &mut String, u: &Units) {
-    field_u64(out, "{\"input_tokens\":", u.input_tokens);
-    field_u64(out, ",\"cached_input_tokens\":", u.cached_input_tokens);
-    field_u64(out, ",\"output_tokens\":", u.output_tokens);
-    field_u64(out, ",\"reasoning_tokens\":", u.reasoning_tokens);
-    field_u64(out, ",\"images\":", u.images);
-    field_u64(out, ",\"chars\":", u.chars);
-    field_u64(out, ",\"audio_ms\":", u.audio_ms);
-    field_u64(out, ",\"calls\":", u.calls);
+    field(out, "{\"input_tokens\":", u.input_tokens);
+    field(out, ",\"cached_input_tokens\":", u.cached_input_tokens);
+    field(out, ",\"output_tokens\":", u.output_tokens);
+    field(out, ",\"reasoning_tokens\":", u.reasoning_tokens);
+    field(out, ",\"images\":", u.images);
+    field(out, ",\"chars\":", u.chars);
+    field(out, ",\"audio_ms\":", u.audio_ms);
+    field(out, ",\"calls\":", u.calls);
     out.push('}');
 }
 
@@ -103,17 +103,13 @@ fn price(out: &mut String, p: &Price) {
         "\"free\":false"
     });
     if let Some(max) = p.max_output_tokens {
-        field_u64(out, ",\"max_output_tokens\":", max);
+        field(out, ",\"max_output_tokens\":", max);
     }
     out.push('}');
 }
 
-fn field_u64(out: &mut String, key: &str, value: u64) {
-    out.push_str(key);
-    out.push_str(itoa::Buffer::new().format(value));
-}
-
-fn field_i64(out: &mut String, key: &str, value: i64) {
+/// `key` (with its punctuation) and an integer.
+fn field(out: &mut String, key: &str, value: impl itoa::Integer) {
     out.push_str(key);
     out.push_str(itoa::Buffer::new().format(value));
 }
