@@ -1,7 +1,8 @@
 //! The relay's own upstream pool (`uniapi_core::upstream::RelayClient`) against fake upstreams that
 //! count their connections and record what arrived: reuse, the hand-back at the body's end, bodies
-//! left unread, upstreams that close idle connections, `Host` and the origin-form request line on the
-//! wire, and HTTP/2 chosen by ALPN over TLS (a self-signed `localhost` certificate in `tls/`).
+//! left unread, upstreams that close idle connections (found by the next request or by the sweep),
+//! `Host` and the origin-form request line on the wire, and HTTP/2 chosen by ALPN over TLS (a
+//! self-signed `localhost` certificate in `tls/`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -217,6 +218,57 @@ async fn an_upstream_that_closes_idle_connections_gets_new_ones() {
     }
     assert_eq!(upstream.accepted.load(Ordering::SeqCst), 3);
     assert_eq!(upstream.heads.lock().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn the_sweep_drops_idle_connections_the_upstream_closed() {
+    // an upstream that answers and keeps the connection open until told to close it
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let close = Arc::new(tokio::sync::Notify::new());
+    let closed = Arc::new(tokio::sync::Notify::new());
+    let (told, done) = (close.clone(), closed.clone());
+    let (port, accepted) = counting_listener(move |stream| {
+        let serve = serve_h1(stream, BY_LENGTH, false, heads.clone());
+        let (told, done) = (told.clone(), done.clone());
+        async move {
+            tokio::select! {
+                _ = serve => {}
+                _ = told.notified() => {}
+            }
+            // the stream went with `serve`: closed
+            done.notify_one();
+        }
+    })
+    .await;
+    let client = plain_client();
+    let authority = format!("127.0.0.1:{port}");
+    let url = format!("http://{authority}/v1/chat/completions");
+    let answer = client.request(post(&url)).await.unwrap();
+    assert_eq!(&read_all(answer).await[..], b"{\"ok\":true}");
+    assert_eq!(client.idle_connections(false, &authority), 1, "handed back");
+    // the upstream's close arrives while the connection sits idle, driven by no request
+    close.notify_one();
+    closed.notified().await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        client.idle_connections(false, &authority),
+        1,
+        "not noticed yet"
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    // the host's sweep (every 30 s) drives it, reads the close and lets it go
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(29)).await;
+    assert_eq!(
+        client.idle_connections(false, &authority),
+        1,
+        "before the sweep"
+    );
+    tokio::time::advance(Duration::from_secs(2)).await;
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(client.idle_connections(false, &authority), 0, "swept");
 }
 
 #[tokio::test]
