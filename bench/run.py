@@ -106,8 +106,9 @@ def proc_tree(root: int) -> list[int]:
     return out
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
+def cpu_times(pids: list[int]) -> tuple[float, float]:
+    """(user, system) CPU seconds of the processes."""
+    user = system = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
@@ -115,8 +116,13 @@ def cpu_seconds(pids: list[int]) -> float:
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2 :].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return total / CLK_TCK
+        user += int(fields[11])  # utime, stime: fields 14 and 15 of stat
+        system += int(fields[12])
+    return user / CLK_TCK, system / CLK_TCK
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    return sum(cpu_times(pids))
 
 
 def wait_quiet(targets: list, limit: float = 300.0) -> dict[str, float]:
@@ -719,18 +725,22 @@ def bench_target(t: Target, args, work: Path, oha: str | None) -> dict:
 
     for rate in (200, 1000):
         pids = t.pids()
-        cpu0 = cpu_seconds(pids)
+        user0, sys0 = cpu_times(pids)
         if oha:
             o = run_oha(oha, chat_url, t.headers, CHAT_BODY, rate, secs, 32)
         else:
             o = run_open_loop_fallback(chat_url, t.headers, CHAT_BODY, rate, secs, 32)
-        cpu1 = cpu_seconds(t.pids())
+        user1, sys1 = cpu_times(t.pids())
         for p in ("p50", "p90", "p99"):
             r[f"{p}_ms_at_{rate}"] = o[f"{p}_ms"]
         r[f"achieved_rps_at_{rate}"] = o["achieved_rps"]
         r["latency_tool"] = o["tool"]
         if t.proc:
-            r[f"cpu_s_per_1k_at_{rate}"] = (cpu1 - cpu0) / max(1, o["requests"]) * 1000
+            done = max(1, o["requests"])
+            r[f"cpu_s_per_1k_at_{rate}"] = (user1 - user0 + sys1 - sys0) / done * 1000
+            # split: the user part is the target's own code, the system part mostly the sockets' work
+            r[f"cpu_user_us_per_req_at_{rate}"] = (user1 - user0) / done * 1e6
+            r[f"cpu_sys_us_per_req_at_{rate}"] = (sys1 - sys0) / done * 1e6
         errors += o["errors"]
         log(f"  {t.name}: {rate} req/s: p50 {o['p50_ms']:.3f} p90 {o['p90_ms']:.3f} p99 {o['p99_ms']:.3f} ms"
             f" ({o['errors']} errors)")
@@ -923,7 +933,8 @@ def soak(t: Target, oha: str | None, work: Path, seconds: float, rate: int, stre
 REQUIRED_ALL = ["rps_c32", "rps_c128", "p50_ms_at_200", "p90_ms_at_200", "p99_ms_at_200", "p50_ms_at_1000",
                 "p90_ms_at_1000", "p99_ms_at_1000", "stream_rps_c32", "ttfb_ms", "embed_rps_c32"]
 REQUIRED_PROCESS = ["peak_rss_mb", "rss_c128_mb", "cpu_s_per_1k_c32", "cpu_s_per_1k_c128", "cpu_s_per_1k_at_200",
-                    "cpu_s_per_1k_at_1000", "cpu_s_per_1k_embed_c32"]
+                    "cpu_s_per_1k_at_1000", "cpu_s_per_1k_embed_c32", "cpu_user_us_per_req_at_1000",
+                    "cpu_sys_us_per_req_at_1000"]
 
 
 def missing_figures(results: dict) -> list[str]:
@@ -956,7 +967,8 @@ METRICS = ["rps_c32", "rps_c128", "p50_ms_at_200", "p90_ms_at_200", "p99_ms_at_2
            "p90_ms_at_1000", "p99_ms_at_1000", "achieved_rps_at_200", "achieved_rps_at_1000", "stream_rps_c32",
            "embed_rps_c32", "cpu_s_per_1k_embed_c32",
            "ttfb_ms", "peak_rss_mb", "rss_c128_mb", "rss_mb_end", "cpu_s_per_1k_c32", "cpu_s_per_1k_c128", "cpu_s_per_1k_at_200",
-           "cpu_s_per_1k_at_1000", "errors"]
+           "cpu_s_per_1k_at_1000", "cpu_user_us_per_req_at_200", "cpu_sys_us_per_req_at_200",
+           "cpu_user_us_per_req_at_1000", "cpu_sys_us_per_req_at_1000", "errors"]
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -1004,6 +1016,14 @@ def fnum(x, digits: int, sign=False) -> str:
     return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
 
 
+def cpu_split(summary: dict, rate: int) -> str:
+    user = summary.get(f"cpu_user_us_per_req_at_{rate}")
+    system = summary.get(f"cpu_sys_us_per_req_at_{rate}")
+    if user is None or system is None:
+        return "—"
+    return f"{user['median']:.0f} + {system['median']:.0f}"
+
+
 def markdown(results: dict) -> str:
     reps = results["repetitions"]
     summ = results["summary"]
@@ -1035,8 +1055,8 @@ def markdown(results: dict) -> str:
                  "time to first SSE byte on an idle connection")
     lines.append("")
     lines.append("| target | p50 @200 | p90 @200 | p99 @200 | added p50/p99 @200 | p50 @1000 | p90 @1000 | p99 @1000 "
-                 "| added p50/p99 @1000 | TTFB | added TTFB |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+                 "| added p50/p99 @1000 | CPU µs/req @1000 user + system | TTFB | added TTFB |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for t, s in summ.items():
         x = der[t]
         lines.append(
@@ -1045,7 +1065,7 @@ def markdown(results: dict) -> str:
             f"{fnum(x.get('added_p99_ms_at_200'), 3, True)} | {fmt(s, 'p50_ms_at_1000', 3, reps)} | "
             f"{fmt(s, 'p90_ms_at_1000', 3, reps)} | {fmt(s, 'p99_ms_at_1000', 3, reps)} | "
             f"{fnum(x.get('added_p50_ms_at_1000'), 3, True)} / {fnum(x.get('added_p99_ms_at_1000'), 3, True)} | "
-            f"{fmt(s, 'ttfb_ms', 3, reps)} | {fnum(x.get('added_ttfb_ms'), 3, True)} |")
+            f"{cpu_split(s, 1000)} | {fmt(s, 'ttfb_ms', 3, reps)} | {fnum(x.get('added_ttfb_ms'), 3, True)} |")
     for what, why in results.get("skipped", {}).items():
         lines.append("")
         lines.append(f"Not measured: {what}: {why[:200]}")
