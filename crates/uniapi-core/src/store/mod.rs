@@ -76,11 +76,26 @@ pub(crate) const BATCH_SIZES: [usize; 4] = [64, 16, 4, 1];
 /// One cached statement text per batch size and dialect.
 pub(crate) type StatementCache = [std::sync::OnceLock<String>; 2 * BATCH_SIZES.len()];
 
-/// `(start, rows)` of the chunks `len` rows are written in, sizes from [`BATCH_SIZES`].
+/// Batches of at least this many rows are written in statements of up to 64 rows, smaller ones in
+/// statements of up to 16. A batch that small came on the write-behind's tick, at a rate where the core
+/// also serves requests that wait on an idle worker: SQLite runs each statement on its own thread, and a
+/// waking worker does not preempt that run, so a 64-row statement of request logs (up to ~3 ms there)
+/// made the requests that arrived meanwhile wait (measured with `perf sched` at 1,000 req/s: runs over
+/// 300 µs ~54 → ~15 per 8 s, p99 ~1.05 → ~0.75 ms; see `bench/README.md`). Full batches come under load,
+/// where fewer statements (fewer round trips to that thread) buy throughput.
+pub(crate) const LARGE_BATCH: usize = 512;
+
+/// `(start, rows)` of the chunks `len` rows are written in, sizes from [`BATCH_SIZES`] (without its
+/// largest below [`LARGE_BATCH`] rows).
 pub(crate) fn batch_chunks(len: usize) -> Vec<(usize, usize)> {
+    let sizes = if len >= LARGE_BATCH {
+        &BATCH_SIZES[..]
+    } else {
+        &BATCH_SIZES[1..]
+    };
     let mut chunks = Vec::new();
     let mut start = 0;
-    for size in BATCH_SIZES {
+    for &size in sizes {
         while len - start >= size {
             chunks.push((start, size));
             start += size;
@@ -700,5 +715,32 @@ impl Store {
         } else {
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{BATCH_SIZES, LARGE_BATCH, batch_chunks};
+
+    #[test]
+    fn batch_chunks_cover_every_row_once_in_statement_sizes_by_batch_size() {
+        for len in 0..=2 * LARGE_BATCH + 70 {
+            let chunks = batch_chunks(len);
+            let mut next = 0;
+            for &(start, rows) in &chunks {
+                assert_eq!(start, next, "{len}: contiguous");
+                assert!(BATCH_SIZES.contains(&rows), "{len}: a cached size");
+                next += rows;
+            }
+            assert_eq!(next, len, "{len}: every row");
+            let largest = chunks.iter().map(|c| c.1).max().unwrap_or(0);
+            if len < LARGE_BATCH {
+                assert!(largest <= 16, "{len}: a tick's batch in short statements");
+            } else {
+                assert_eq!(largest, 64, "{len}: a full batch in long statements");
+            }
+        }
+        assert_eq!(batch_chunks(37), vec![(0, 16), (16, 16), (32, 4), (36, 1)]);
+        assert_eq!(batch_chunks(LARGE_BATCH).len(), LARGE_BATCH / 64);
     }
 }

@@ -244,6 +244,26 @@ async fn store_round_trips_on_every_backend() {
         // retention deletes only what is older than the cut
         assert_eq!(store.delete_logs_before(2).await.unwrap(), 1);
         assert_eq!(store.logs(&LogFilter::default()).await.unwrap().len(), 1);
+        // a full write-behind batch goes in 64-row statements, a tick's batch in 16-row ones: every
+        // row lands once either way
+        for (first, n) in [(10, 600), (700, 37)] {
+            let batch: Vec<RequestLog> = (first..first + n)
+                .map(|i| log(&format!("bulk-{i:04}"), i, 200))
+                .collect();
+            store.insert_logs(&batch).await.unwrap();
+        }
+        let bulk = store
+            .logs(&LogFilter {
+                since: Some(10),
+                limit: Some(1000),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(bulk.len(), 637, "{backend}");
+        assert_eq!(bulk[0], log("bulk-0736", 736, 200), "{backend}");
+        assert_eq!(bulk[636], log("bulk-0010", 10, 200), "{backend}");
+        assert_eq!(store.delete_logs_before(10).await.unwrap(), 1);
 
         store.delete_channel(channel.id).await.unwrap();
         store.delete_user(user.id).await.unwrap();
