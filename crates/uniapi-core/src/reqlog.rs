@@ -13,7 +13,8 @@ struct Logs(Store);
 
 impl Destination for Logs {
     type Record = RequestLog;
-    const BATCH: usize = 512;
+    /// A full batch is what the store writes in its long statements (`store::LARGE_BATCH`).
+    const BATCH: usize = crate::store::LARGE_BATCH;
     const CAPACITY: Option<usize> = Some(100_000);
     const ATTEMPTS: Option<u32> = Some(3);
     const WHAT: &'static str = "request logs";

@@ -77,7 +77,8 @@ pub(crate) const BATCH_SIZES: [usize; 4] = [64, 16, 4, 1];
 pub(crate) type StatementCache = [std::sync::OnceLock<String>; 2 * BATCH_SIZES.len()];
 
 /// Batches of at least this many rows are written in statements of up to 64 rows, smaller ones in
-/// statements of up to 16. A batch that small came on the write-behind's tick, at a rate where the core
+/// statements of up to 16. It is also the request-log writer's full batch (`reqlog`), which the ledger's
+/// (1,024) exceeds. A batch that small came on the write-behind's tick, at a rate where the core
 /// also serves requests that wait on an idle worker: SQLite runs each statement on its own thread, and a
 /// waking worker does not preempt that run, so a 64-row statement of request logs (up to ~3 ms there)
 /// made the requests that arrived meanwhile wait (measured with `perf sched` at 1,000 req/s: runs over
